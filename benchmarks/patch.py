@@ -21,21 +21,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from corpora import default_corpus, prepare_default_model_data
 
 from trainables.config import TrialConfig
-from trainables.data import SweepData, prepare_sweep_data
+from trainables.data import SweepData
 from trainables.loop import train_lm
 from trainables.model import GPT, MODEL_PRESETS, ModelConfig
 from trainables.optimizers import build_optimizer
 from trainables.patch import PatchBatcher, patch_loss
 
-ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_data.json"
 SMALL = {f"model.{k}": v for k, v in MODEL_PRESETS["small"].items()}
 
 
@@ -78,11 +77,8 @@ def main() -> None:
     parser.add_argument("--data-tokens", type=float, default=2e6, help="tokens read by the token-level run")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    corpus = str(ALPACA) if ALPACA.is_file() else "gensim:lee_background"
-    with tempfile.TemporaryDirectory() as cache:
-        data = prepare_sweep_data(
-            corpus, val_fraction=0.1, seed=0, seq_len=128, eval_tokens=16384, cache_dir=Path(cache)
-        )
+    corpus = default_corpus()
+    data = prepare_default_model_data(corpus)
     result: dict[str, Any] = {"corpus": Path(corpus).name, "threads": 1}
     base = throughput(data, 1)
     result["token_tokens_per_s"] = base

@@ -20,20 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
+from corpora import default_corpus, prepare_default_model_data
 
 from trainables.config import TrialConfig
-from trainables.data import SweepData, prepare_sweep_data
+from trainables.data import SweepData
 from trainables.loop import train_lm
 from trainables.model import MODEL_PRESETS
 
-ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_data.json"
 SCHEDULES = ("constant", "cosine", "wsd", "power", "inverse_power", "one_cycle", "explore_converge")
 RUNS: list[dict[str, Any]] = [{"optimizer.name": "adamw", "schedule.name": s, "peak_lr": 3e-3} for s in SCHEDULES]
 RUNS += [
@@ -72,11 +71,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--compute", type=float, default=1.5e6)
     args = parser.parse_args()
-    corpus = str(ALPACA) if ALPACA.is_file() else "gensim:lee_background"
-    with tempfile.TemporaryDirectory() as cache:
-        _data = prepare_sweep_data(
-            corpus, val_fraction=0.1, seed=0, seq_len=128, eval_tokens=16384, cache_dir=Path(cache)
-        )
+    corpus = default_corpus()
+    _data = prepare_default_model_data(corpus)
     with ProcessPoolExecutor(max_workers=2) as pool:  # fork: workers share the prepared data
         results = list(pool.map(_run, RUNS, [args.compute] * len(RUNS)))
     results.sort(key=lambda r: r["final_val_loss"])

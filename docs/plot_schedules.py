@@ -20,6 +20,7 @@ SHOWN = [
     ("wsd, linear decay", {"name": "wsd", "decay_shape": "linear"}),
     ("wsd, cosine decay", {"name": "wsd", "decay_shape": "cosine"}),
     ("wsd, exponential decay", {"name": "wsd", "decay_shape": "exp"}),
+    ("two_step", {}),
     ("power", {}),
     ("inverse_power", {}),
     ("explore_converge", {}),
@@ -28,10 +29,12 @@ SHOWN = [
 
 
 def main() -> None:
-    fig = Figure(figsize=(11, 9), dpi=100)
-    axes = fig.subplots(3, 3, sharex=True).ravel()
+    fig = Figure(figsize=(11, 12), dpi=100)
+    axes = fig.subplots(4, 3, sharex=True).ravel()
     step = np.arange(STEPS)
-    for ax, (title, params) in zip(axes, SHOWN, strict=True):
+    for ax in axes[len(SHOWN) :]:
+        ax.set_visible(False)
+    for ax, (title, params) in zip(axes, SHOWN, strict=False):
         cfg = ScheduleConfig(**({"name": title} | params))
         ax.plot(step, PEAK * cfg.multipliers(STEPS, peak=PEAK, batch_size=BATCH, tokens_per_step=TOKENS))
         ax.set_title(title)
@@ -42,7 +45,7 @@ def main() -> None:
             twin = ax.twinx()
             twin.plot(step, momenta, color="tab:orange", linestyle="--")
             twin.set_ylabel("momentum (dashed)")
-    for ax in axes[-3:]:
+    for ax in axes[len(SHOWN) - 3 : len(SHOWN)]:
         ax.set_xlabel("step")
     for ax in axes[::3]:
         ax.set_ylabel("learning rate")

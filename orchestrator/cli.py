@@ -7,6 +7,7 @@ directory conflict, no trial completed), 2 a spec or usage problem.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import json
 import logging
@@ -16,12 +17,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
+from ray.job_submission import JobStatus, JobSubmissionClient
 from tqdm import tqdm
 
 from orchestrator.layout import SweepDirError, SweepLayout, SweepRecord
+from orchestrator.mpl import Curve, CurveError, fit_and_predict, fit_mpl
 from orchestrator.ordering import order_corpus
+from orchestrator.plots import plot_mpl
 from orchestrator.results import CONFIG_PREFIX, format_table, read_results
 from orchestrator.spec import SpecError, SweepSpec, load_spec
+from orchestrator.submit import job_rows, submit_sweep
 from orchestrator.sweep import cache_dir, run_sweep
 from orchestrator.ui import serve_ui
 from search_spaces.catalog import description, ready_specs
@@ -39,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    except (CorpusError, SweepDirError, FileNotFoundError) as exc:
+    except (CorpusError, CurveError, SweepDirError, FileNotFoundError) as exc:
         print(f"effsweep: {exc}", file=sys.stderr)
         return 1
 
@@ -60,6 +65,46 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no line per trial event, only the summary")
     run.set_defaults(command=_run)
+
+    submit = commands.add_parser("submit", help="submit a sweep to a Ray cluster as a Ray Job")
+    submit.add_argument("spec", type=Path)
+    submit.add_argument("--address", required=True, help="the cluster's job server, e.g. http://HEAD:8265")
+    submit.add_argument(
+        "--output", help="sweep directory every node sees (shared filesystem) (default: the spec's output_dir)"
+    )
+    submit.add_argument("--tracking-uri", help="MLflow tracking URI for the job (default: MLFLOW_TRACKING_URI here)")
+    submit.add_argument("--name", help="job id to use (default: Ray chooses one)")
+    submit.add_argument("--wait", action="store_true", help="follow the job's log until it finishes")
+    submit.set_defaults(command=_submit)
+
+    jobs = commands.add_parser("jobs", help="list, follow or stop the sweeps submitted to a cluster")
+    jobs_commands = jobs.add_subparsers(required=True, metavar="ACTION")
+    for action, summary in (
+        ("list", "every job, newest first"),
+        ("status", "a job's status"),
+        ("logs", "a job's log (--follow: until it finishes)"),
+        ("stop", "stop a job"),
+    ):
+        sub = jobs_commands.add_parser(action, help=summary)
+        sub.add_argument("--address", required=True, help="the cluster's job server, e.g. http://HEAD:8265")
+        if action != "list":
+            sub.add_argument("job")
+        if action == "logs":
+            sub.add_argument("--follow", action="store_true")
+        sub.set_defaults(command=_jobs, action=action)
+
+    resume = commands.add_parser(
+        "resume",
+        help="continue an interrupted sweep from its directory",
+        description="Reads DIR/spec.yaml and continues the sweep in DIR: finished trials stay finished, "
+        "unfinished and errored ones run again (from their last checkpoint where they have one), into the "
+        "same MLflow runs.",
+    )
+    resume.add_argument("dir", type=Path)
+    resume.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    resume.add_argument("--tracking-uri", help="MLflow tracking URI (default: the one the sweep used)")
+    resume.add_argument("--quiet", action="store_true", help="no line per trial event, only the summary")
+    resume.set_defaults(command=_resume)
 
     validate = commands.add_parser("validate", help="check a spec and list every problem")
     validate.add_argument("spec", type=Path)
@@ -91,6 +136,22 @@ def _parser() -> argparse.ArgumentParser:
     select.add_argument("--pretrained", help="a KeyedVectors file to use instead of training Word2Vec")
     select.set_defaults(command=_select)
 
+    mpl = commands.add_parser("mpl", help="fit the Multi-Power Law to loss curves, predict others, plot")
+    mpl_commands = mpl.add_subparsers(required=True, metavar="ACTION")
+    for action, summary in (("fit", "fit curves, predict others, print one JSON object"), ("plot", "draw them")):
+        sub = mpl_commands.add_parser(action, help=summary, description="Each CSV has the columns step, lr, loss.")
+        sub.add_argument("--fit", type=Path, nargs="+", required=True, metavar="CSV", help="curves to fit")
+        sub.add_argument("--predict", type=Path, nargs="*", default=[], metavar="CSV", help="curves to predict")
+        sub.add_argument(
+            "--min-step", type=int, default=0, metavar="N", help="fit and score only rows from step N (default 0)"
+        )
+        if action == "fit":
+            sub.add_argument("--json", type=Path, metavar="OUT", help="also write the JSON object to OUT")
+            sub.set_defaults(command=_mpl_fit)
+        else:
+            sub.add_argument("--out", type=Path, required=True, help="the PNG to write")
+            sub.set_defaults(command=_mpl_plot)
+
     spaces = commands.add_parser("spaces", help="list the ready sweep specs that ship with effsweep")
     spaces.set_defaults(command=_spaces)
 
@@ -115,8 +176,61 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _submit(args: argparse.Namespace) -> int:
+    client, job_id = submit_sweep(
+        args.spec, args.address, output=args.output, tracking_uri=args.tracking_uri, name=args.name
+    )
+    print(f"Submitted job {job_id} to {args.address}")
+    print(f"Follow it: effsweep jobs logs {job_id} --follow --address {args.address}")
+    if not args.wait:
+        return 0
+    _follow(client, job_id)
+    status = client.get_job_status(job_id)
+    print(f"Job {job_id}: {status.value}")
+    return 0 if status == JobStatus.SUCCEEDED else 1
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    client = JobSubmissionClient(args.address)
+    if args.action == "list":
+        for row in job_rows(client):
+            print(f"{row['job']:40} {row['status']:10} {row['spec']:20} {row['output']}")
+    elif args.action == "status":
+        print(client.get_job_status(args.job).value)
+    elif args.action == "logs" and args.follow:
+        _follow(client, args.job)
+    elif args.action == "logs":
+        print(client.get_job_logs(args.job), end="")
+    else:
+        stopped = client.stop_job(args.job)
+        print(f"Job {args.job}: {'stopping' if stopped else 'already finished'}")
+    return 0
+
+
+def _follow(client: JobSubmissionClient, job_id: str) -> None:
+    async def tail() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            print(lines, end="", flush=True)
+
+    asyncio.run(tail())
+
+
+def _resume(args: argparse.Namespace) -> int:
+    layout = SweepLayout(args.dir.resolve())
+    record = SweepRecord.find(layout)
+    if record is None or not layout.spec_file.is_file():
+        raise SweepDirError(
+            f"{args.dir}: not a sweep directory (no sweep.json and spec.yaml); start it with effsweep run"
+        )
+    spec = dataclasses.replace(load_spec(layout.spec_file), output_dir=layout.root)
+    return _sweep(spec, args, args.tracking_uri or record.tracking_uri)
+
+
 def _run(args: argparse.Namespace) -> int:
-    spec = _load(args)
+    return _sweep(_load(args), args, args.tracking_uri)
+
+
+def _sweep(spec: SweepSpec, args: argparse.Namespace, tracking_uri: str | None) -> int:
     progress = logging.getLogger("effsweep.progress")
     progress.setLevel(logging.WARNING if args.quiet else logging.INFO)
     handler = logging.StreamHandler(sys.stdout)
@@ -124,7 +238,7 @@ def _run(args: argparse.Namespace) -> int:
     progress.addHandler(handler)
     progress.propagate = False
     outcome = run_sweep(
-        spec, address=args.address, tracking_override=args.tracking_uri, progress=ProgressBar("uniform order")
+        spec, address=args.address, tracking_override=tracking_uri, progress=ProgressBar("uniform order")
     )
     root = outcome.layout.root
     counts = outcome.results.counts()
@@ -138,7 +252,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"All trials: effsweep results {root}")
     print(f"MLflow UI:  effsweep ui {root}")
     if outcome.interrupted:
-        print("The sweep was interrupted; run the same command again to continue it.", file=sys.stderr)
+        print(f"The sweep was interrupted; continue it with: effsweep resume {root}", file=sys.stderr)
         return 1
     if best is None:
         print(f"effsweep: no trial reached {OBJECTIVE}", file=sys.stderr)
@@ -199,6 +313,26 @@ class ProgressBar:
         self._bar.update(done - self._bar.n)
         if done >= total:
             self._bar.close()
+
+
+def _mpl_fit(args: argparse.Namespace) -> int:
+    _, report = fit_and_predict(args.fit, args.predict, args.min_step)
+    for group in ("fitted", "predicted"):
+        for name, scores in report[group].items():
+            print(f"{group:9} {name}: r2 {scores['r2']:.4f}  final error {scores['final_rel_error']:.2%}  "
+                  f"worst {scores['worst_rel_error']:.2%}")  # fmt: skip
+    text = json.dumps(report)
+    if args.json:
+        args.json.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def _mpl_plot(args: argparse.Namespace) -> int:
+    fitted = [Curve.read_csv(p).from_step(args.min_step) for p in args.fit]
+    predicted = [Curve.read_csv(p).from_step(args.min_step) for p in args.predict]
+    print(plot_mpl(fitted, predicted, fit_mpl(fitted, per_curve=False), args.out))
+    return 0
 
 
 def _spaces(args: argparse.Namespace) -> int:

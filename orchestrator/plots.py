@@ -8,7 +8,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on a cluster head or in CI
 import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
+from orchestrator.mpl import Curve, MPLFit
 from orchestrator.results import SweepResults
 
 
@@ -28,6 +31,66 @@ def plot_val_loss(results: SweepResults, path: Path) -> Path:
     ax.set_title(f"{len(results.trials)} trials")
     if best is not None:
         ax.legend(loc="upper right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_mpl(fitted: list[Curve], predicted: list[Curve], fit: MPLFit, path: Path) -> Path:
+    """Each curve's data (dots) against the law (lines): fitted curves solid, predicted ones dashed."""
+    fig, (losses, rates) = plt.subplots(2, 1, figsize=(8, 7), dpi=110, sharex=True, height_ratios=(3, 1))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (curve, style) in enumerate([(c, "-") for c in fitted] + [(c, "--") for c in predicted]):
+        colour = colours[i % len(colours)]
+        name = Path(curve.name).stem
+        steps = np.unique(np.linspace(1, len(curve.lrs), 400).astype(int))
+        losses.plot(curve.steps, curve.losses, ".", color=colour, markersize=4)
+        losses.plot(
+            steps,
+            fit.predict(curve.lrs, steps),
+            style,
+            color=colour,
+            label=f"{name} ({'fit' if style == '-' else 'predicted'})",
+        )
+        rates.plot(np.arange(1, len(curve.lrs) + 1), curve.lrs, style, color=colour)
+    losses.set_ylabel("loss")
+    losses.set_title("Multi-Power Law: data (dots), fitted (solid) and predicted (dashed)")
+    losses.legend(fontsize=8)
+    losses.grid(alpha=0.3)
+    rates.set_xlabel("step")
+    rates.set_ylabel("learning rate")
+    rates.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_predictions(predictions: pd.DataFrame, results: SweepResults, path: Path) -> Path:
+    """The MPL pruner's predicted final losses against the final losses trials reached."""
+    finals = results.trials.set_index("trial_id")["final_val_loss"]
+    fig, ax = plt.subplots(figsize=(6, 5.5), dpi=110)
+    scored = predictions[predictions["trial_id"].isin(finals.dropna().index)]
+    for fraction, group in scored.groupby(scored["fraction"].round(1)):
+        actual = finals.loc[group["trial_id"]].to_numpy()
+        ax.errorbar(
+            actual, group["mpl_pred_final"],
+            yerr=[group["mpl_pred_final"] - group["mpl_pred_low"], group["mpl_pred_high"] - group["mpl_pred_final"]],
+            fmt="o", markersize=4, capsize=2, label=f"at {fraction:.0%} of the budget",
+        )  # fmt: skip
+    stopped = predictions[predictions["stopped"]]
+    if not stopped.empty:
+        ax.scatter([], [], marker="x", color="tab:red", label=f"{stopped['trial_id'].nunique()} trials stopped")
+    lows = [predictions["mpl_pred_low"].min(), finals.min()]
+    highs = [predictions["mpl_pred_high"].max(), finals.max()]
+    line = [np.nanmin(lows), np.nanmax(highs)]
+    ax.plot(line, line, color="0.5", linewidth=1)
+    ax.set_xlabel("final validation loss reached")
+    ax.set_ylabel("predicted final validation loss")
+    ax.set_title("MPL predictions of completed trials")
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

@@ -17,14 +17,16 @@ import hashlib
 import itertools
 import json
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from orchestrator.mpl import CurveError, read_law
 from search_spaces.build import DISTRIBUTIONS, Knob, combinations
 from trainables.config import SWEEP_LEVEL_SECTIONS, BudgetConfig, TrialConfig, TrialField, flatten, trial_fields
 from trainables.corpus import CorpusError, CorpusFormat, resolve_corpus
@@ -78,9 +80,21 @@ class SearcherSection(_Section):
 
 
 class SchedulerSection(_Section):
-    name: Literal["fifo", "asha"] = "fifo"
+    name: Literal["fifo", "asha", "mpl"] = "fifo"
     grace_fraction: float = Field(0.25, gt=0, lt=1, description="asha: share of the budget before the first cut")
-    reduction_factor: float = Field(3.0, gt=1)
+    reduction_factor: float = Field(3.0, gt=1, description="asha")
+    fractions: list[float] = Field([0.1, 0.2, 0.3, 0.5, 0.7], min_length=1, description="mpl: decision points")
+    margin: float = Field(0.0, ge=0, description="mpl: how much worse a trial's optimistic prediction must be")
+    z: float = Field(1.64, gt=0, description="mpl: prediction interval half-width in standard errors")
+    min_completed: int = Field(2, ge=1, description="mpl: trials to finish before any is stopped")
+
+    @field_validator("fractions")
+    @classmethod
+    def _inside_the_run(cls, fractions: list[float]) -> list[float]:
+        outside = [f for f in fractions if not 0 < f < 1]
+        if outside:
+            raise ValueError(f"decision points are shares of a trial's budget, in (0, 1); got {outside}")
+        return fractions
 
 
 class ResourcesSection(_Section):
@@ -174,10 +188,10 @@ class SweepSpec:
 
 
 def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a spec file; raise ``SpecError`` listing every problem."""
+    """Read and validate a spec file (``-``: standard input); raise ``SpecError`` listing every problem."""
     path = Path(path)
     try:
-        source = path.read_text(encoding="utf-8")
+        source = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError([f"{path}: no such spec file"]) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -319,12 +333,31 @@ def _train_values(raw: Any, fields: Mapping[str, TrialField], problems: list[str
         return {}
     values = {}
     for key, value in flatten(raw).items():
+        if key == MPL_FIT_KEY:
+            values.update(_mpl_law_values(value, problems))
+            continue
         problem = _key_problem(key, fields)
         if problem:
             problems.append(f"train.{key}: {problem}")
         else:
             values[key] = value
     return values
+
+
+# A spec names the fit an ``mpl_optimal`` schedule optimises; trials get the law's parameters.
+MPL_FIT_KEY = "schedule.mpl_fit"
+
+
+def _mpl_law_values(path: Any, problems: list[str]) -> dict[str, float]:
+    if not isinstance(path, str):
+        problems.append(f"train.{MPL_FIT_KEY}: must be the path of an MPL fit file or sweep folder, got {_show(path)}")
+        return {}
+    try:
+        law = read_law(Path(path))
+    except CurveError as exc:
+        problems.append(f"train.{MPL_FIT_KEY}: {exc}")
+        return {}
+    return {f"schedule.mpl_law.{k}": v for k, v in law.as_dict().items()}
 
 
 def _key_problem(key: str, fields: Mapping[str, TrialField]) -> str | None:

@@ -12,7 +12,7 @@ from trainables import schedules
 from trainables.config import ScheduleConfig, TrialConfig
 
 TOTAL = 200
-FAMILIES = ("constant", "cosine", "wsd", "power", "inverse_power", "one_cycle", "explore_converge")
+FAMILIES = ("constant", "cosine", "wsd", "two_step", "power", "inverse_power", "one_cycle", "explore_converge")
 
 
 def _lrs(**params: object) -> np.ndarray:
@@ -26,7 +26,7 @@ def test_every_family_plans_every_step_within_the_peak(name: str) -> None:
     assert np.all(np.isfinite(lrs))
 
 
-@pytest.mark.parametrize("name", ["constant", "cosine", "wsd", "inverse_power", "explore_converge"])
+@pytest.mark.parametrize("name", ["constant", "cosine", "wsd", "two_step", "inverse_power", "explore_converge"])
 def test_warmup_rises_linearly_to_the_peak_on_its_last_step(name: str) -> None:
     lrs = _lrs(name=name, warmup_frac=0.1)
     np.testing.assert_allclose(lrs[:20], np.arange(1, 21) / 20)
@@ -70,6 +70,12 @@ def test_wsd_decay_shapes_differ_in_the_middle() -> None:
     linear = schedules.wsd(np.arange(100), 100, n_warmup=0, n_decay=50, floor=0.0, shape="linear", half_life=1)
     cosine = schedules.wsd(np.arange(100), 100, n_warmup=0, n_decay=50, floor=0.0, shape="cosine", half_life=1)
     assert cosine[60] > linear[60] and cosine[90] < linear[90]
+
+
+def test_two_step_drops_once_to_its_factor() -> None:
+    lrs = _lrs(name="two_step", warmup_frac=0.05, step_frac=0.6, step_factor=0.25)
+    np.testing.assert_array_equal(lrs[9:120], 1.0)
+    np.testing.assert_array_equal(lrs[120:], 0.25)
 
 
 def test_power_scheduler_follows_b_a_n_to_the_c() -> None:

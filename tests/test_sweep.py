@@ -226,7 +226,7 @@ def test_every_schedule_and_step_rule_runs_and_logs_its_realised_rate(local_ray:
     raw = _shipped("schedules", tmp_path, budget={"compute": 40960}, train={"eval_every": 10, "batch_size": 8})
     outcome = run_sweep(parse_spec(raw))
     trials = outcome.results.trials
-    assert len(trials) == 11 and set(trials["status"]) == {"completed"}
+    assert len(trials) == 12 and set(trials["status"]) == {"completed"}
     client = MlflowClient(outcome.record.tracking_uri)
     seen = set()
     for child in _children(client, _record(outcome.layout.root)):
@@ -237,9 +237,9 @@ def test_every_schedule_and_step_rule_runs_and_logs_its_realised_rate(local_ray:
         assert rates and all(r >= 0 for r in rates) and max(rates) > 0  # power decays to exactly 0
         if params["optimizer.name"] in ("armijo_sgd", "vsgd"):
             assert len(set(rates)) > 1  # the rate the rule chose, step by step
-    assert len(seen) == 11
+    assert len(seen) == 12
     assert {s for o, s in seen if o == "adamw"} == {
-        "constant", "cosine", "wsd", "power", "inverse_power", "one_cycle", "explore_converge"
+        "constant", "cosine", "wsd", "two_step", "power", "inverse_power", "one_cycle", "explore_converge"
     }  # fmt: skip
 
 

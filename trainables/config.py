@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainables import schedules
 from trainables.model import ModelConfig
+from trainables.multipower import MPLParams, mpl_optimal_rates
 
 # A trial shorter than this cannot warm up, evaluate and decay meaningfully.
 MIN_STEPS = 10
@@ -43,17 +44,47 @@ class OptimizerConfig(BaseModel):
     line_search_start: float = Field(1.0, gt=0, description="armijo_sgd: the first step size tried")
 
 
+class MPLLawConfig(BaseModel):
+    """The Multi-Power Law's parameters for ``mpl_optimal``; a spec names a fit file, the orchestrator fills them in."""
+
+    model_config = _STRICT
+
+    L0: float | None = None
+    A: float | None = Field(None, ge=0)
+    alpha: float | None = Field(None, gt=0)
+    B: float | None = Field(None, ge=0)
+    C: float | None = Field(None, gt=0)
+    beta: float | None = Field(None, gt=0)
+    gamma: float | None = Field(None, gt=0)
+
+    def params(self) -> MPLParams | None:
+        values = self.model_dump()
+        return None if any(v is None for v in values.values()) else MPLParams(**values)
+
+
 class ScheduleConfig(BaseModel):
     """A learning-rate schedule and its parameters; each parameter names the families that read it."""
 
     model_config = _STRICT
 
-    name: Literal["constant", "cosine", "wsd", "power", "inverse_power", "one_cycle", "explore_converge"] = "constant"
+    name: Literal[
+        "constant",
+        "cosine",
+        "wsd",
+        "two_step",
+        "power",
+        "inverse_power",
+        "one_cycle",
+        "explore_converge",
+        "mpl_optimal",
+    ] = "constant"
     warmup_frac: float = Field(0.05, ge=0, lt=1, description="all but one_cycle: share of steps warming up")
     min_lr_frac: float = Field(0.1, ge=0, le=1, description="cosine, wsd (linear, cosine): final rate / peak")
     decay_frac: float = Field(0.2, gt=0, le=1, description="wsd, power: share of steps decaying")
     decay_shape: Literal["linear", "cosine", "exp"] = "linear"
     half_life_frac: float = Field(0.25, gt=0, le=1, description="wsd exp: half-life as a share of the decay")
+    step_frac: float = Field(0.5, gt=0, lt=1, description="two_step: share of steps before the drop")
+    step_factor: float = Field(0.1, gt=0, lt=1, description="two_step: rate after the drop / peak")
     power_a: float = Field(4.0, gt=0, description="power: a in min(peak, b a n^c)")
     power_c: float = Field(-0.51, lt=0, description="power: c in min(peak, b a n^c)")
     decay_exponent: float = Field(0.5, gt=0, le=1, description="inverse_power, explore_converge: beta")
@@ -64,6 +95,7 @@ class ScheduleConfig(BaseModel):
     cycle_final_div: float = Field(1e4, ge=1, description="one_cycle: starting rate / final rate")
     momentum_low: float = Field(0.85, ge=0, lt=1, description="one_cycle: momentum (or beta1) at the peak rate")
     momentum_high: float = Field(0.95, ge=0, lt=1, description="one_cycle: momentum (or beta1) at both ends")
+    mpl_law: MPLLawConfig = MPLLawConfig()
 
     @model_validator(mode="after")
     def _phases_fit(self) -> ScheduleConfig:
@@ -73,6 +105,12 @@ class ScheduleConfig(BaseModel):
             raise ValueError(f"warmup_frac ({self.warmup_frac}) + explore_frac ({self.explore_frac}) must be below 1")
         if self.name == "one_cycle" and self.momentum_low > self.momentum_high:
             raise ValueError(f"momentum_low ({self.momentum_low}) must not exceed momentum_high ({self.momentum_high})")
+        if self.name == "mpl_optimal" and self.mpl_law.params() is None:
+            missing = [k for k, v in self.mpl_law.model_dump().items() if v is None]
+            raise ValueError(
+                f"mpl_optimal needs the fitted law: set schedule.mpl_fit to a fit file in the spec "
+                f"(missing schedule.mpl_law.{', '.join(missing)})"
+            )
         return self
 
     def multipliers(self, total_steps: int, *, peak: float, batch_size: int, tokens_per_step: int) -> np.ndarray:
@@ -90,6 +128,9 @@ class ScheduleConfig(BaseModel):
                 step, total_steps, n_warmup=n_warmup, n_decay=n_decay, floor=self.min_lr_frac,
                 shape=self.decay_shape, half_life=self.half_life_frac * n_decay,
             )  # fmt: skip
+        if self.name == "two_step":
+            n_drop = max(round(self.step_frac * total_steps), n_warmup)
+            return schedules.two_step(step, total_steps, n_warmup=n_warmup, n_drop=n_drop, factor=self.step_factor)
         if self.name == "power":
             return schedules.power(
                 step, total_steps, n_warmup=n_warmup, n_decay=n_decay, peak=peak, batch_size=batch_size,
@@ -102,6 +143,9 @@ class ScheduleConfig(BaseModel):
             return schedules.explore_converge(
                 step, total_steps, n_warmup=n_warmup, n_explore=n_explore, t0=t0, beta=self.decay_exponent
             )
+        if self.name == "mpl_optimal":
+            law = self.mpl_law.params()
+            return mpl_optimal_rates(law, total_steps, n_warmup, peak) / peak
         return schedules.one_cycle(
             step, total_steps, rise_frac=self.cycle_rise_frac, div=self.cycle_div, final_div=self.cycle_final_div
         )

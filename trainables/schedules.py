@@ -14,10 +14,13 @@ Families (``trainables.config.ScheduleConfig`` holds their parameters):
   0.5^(s / half-life)), Hu et al. 2024, arXiv 2404.06395;
 - ``power``: min(peak, b * a * n^c) with n the tokens seen and b the batch
   size, then an exponential decay to zero (Shen et al. 2024, arXiv 2408.13359);
+- ``two_step``: the peak, then one drop to a fraction of it (step decay);
 - ``inverse_power``: (1 + t / t0)^(-beta);
 - ``one_cycle``: up from peak/div, down to peak/(div * final_div), with cyclic
   momentum (Smith and Topin 2017, arXiv 1708.07120; PyTorch's OneCycleLR);
-- ``explore_converge``: a high constant rate, then an inverse power decay.
+- ``explore_converge``: a high constant rate, then an inverse power decay;
+- ``mpl_optimal``: the rates that minimise a fitted Multi-Power Law's final
+  loss (``trainables.multipower.mpl_optimal_rates``).
 """
 
 from __future__ import annotations
@@ -110,6 +113,11 @@ def power(
         rate = np.where(step >= decay_start, start_rate * fall, rate)
     warm_target = min(1.0, batch_size * a * (max(n_warmup, 1) * tokens_per_step) ** c / peak)
     return _with_warmup(step, n_warmup, rate, warm_target)
+
+
+def two_step(step: np.ndarray, total_steps: int, *, n_warmup: int, n_drop: int, factor: float) -> np.ndarray:
+    """Step decay: the peak until step ``n_drop``, then ``factor`` times the peak to the end."""
+    return _with_warmup(step, n_warmup, np.where(step >= n_drop, factor, 1.0), 1.0)
 
 
 def inverse_power(step: np.ndarray, total_steps: int, *, n_warmup: int, t0: float, beta: float) -> np.ndarray:

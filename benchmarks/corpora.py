@@ -1,0 +1,22 @@
+"""The corpus the training benchmarks read: Alpaca when ``../shared`` has it, else one gensim ships."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from trainables.data import SweepData, prepare_sweep_data
+
+ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_data.json"
+
+
+def default_corpus() -> str:
+    return str(ALPACA) if ALPACA.is_file() else "gensim:lee_background"
+
+
+def prepare_default_model_data(corpus: str, seq_len: int = 128) -> SweepData:
+    """``corpus`` tokenised for the default model (128-token windows, 16k validation tokens), cached nowhere."""
+    with tempfile.TemporaryDirectory() as cache:
+        return prepare_sweep_data(
+            corpus, val_fraction=0.1, seed=0, seq_len=seq_len, eval_tokens=16384, cache_dir=Path(cache)
+        )

@@ -1,0 +1,280 @@
+"""Fitting the Multi-Power Law (``trainables.multipower``) to loss curves.
+
+Given (alpha, C, beta, gamma) the law is linear in L0, A and B, so the fit
+optimises only those four (in log space, within bounds, from several starts,
+with a Huber loss on relative residuals, about the log of the loss) and
+solves L0, A and B by bounded weighted least squares at every evaluation
+(variable projection). L0 and A are either shared by every curve (one model
+on one corpus, the paper's setting) or fitted per curve (a sweep's trials
+differ in data, batch size and peak rate, but share the shape of their
+decay); B, alpha, C, beta and gamma are always shared. A prior (an earlier
+fit) pulls the four nonlinear parameters towards it, so a sweep can fit
+early curves that have not decayed yet.
+
+Curves may be logged at intervals: the rate between logged steps is
+interpolated linearly, and before the first logged step it warms up
+linearly from zero unless the rate is given at step 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import least_squares, lsq_linear
+
+from trainables.multipower import MPLParams, ScheduleTerms, schedule_terms
+
+NONLINEAR = ("alpha", "C", "beta", "gamma")
+# Wide for alpha; for the decay shape, the range of the paper's fits and a bit beyond. Left free,
+# beta and C run to zero on short real curves (a degenerate, linear decay term) and extrapolate badly.
+_BOUNDS = {"alpha": (1e-3, 3.0), "C": (0.1, 100.0), "beta": (0.3, 3.0), "gamma": (0.3, 1.0)}
+_STARTS = [
+    {"alpha": a, "C": c, "beta": b, "gamma": g}
+    for a in (0.3, 0.7)
+    for c in (0.5, 5.0)
+    for b in (0.4, 1.5)
+    for g in (0.3, 0.7)
+]
+
+
+class CurveError(ValueError):
+    """A loss curve that cannot be used; the message names the file or curve and the row."""
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A loss curve: per-step rates (step 1 first) and the losses logged at some steps."""
+
+    name: str
+    lrs: np.ndarray
+    steps: np.ndarray
+    losses: np.ndarray
+
+    @classmethod
+    def from_log(cls, name: str, steps: Sequence[float], lrs: Sequence[float], losses: Sequence[float]) -> Curve:
+        """A curve from logged rows; the rate is interpolated between them (see the module docstring)."""
+        steps, lrs, losses = (np.asarray(v, dtype=np.float64) for v in (steps, lrs, losses))
+        for column, values in (("step", steps), ("lr", lrs), ("loss", losses)):
+            bad = np.flatnonzero(~np.isfinite(values))
+            if len(bad):
+                raise CurveError(f"{name}: row {bad[0] + 1} has a missing or non-finite {column}")
+        if len(steps) < 2:
+            raise CurveError(f"{name}: needs at least two rows, got {len(steps)}")
+        backwards = np.flatnonzero(np.diff(steps) <= 0)
+        if len(backwards):
+            row = backwards[0] + 2
+            raise CurveError(
+                f"{name}: steps must increase; row {row} has step {steps[row - 1]:g} after {steps[row - 2]:g}"
+            )
+        if steps[0] < 0 or not np.all(steps == np.round(steps)):
+            raise CurveError(f"{name}: steps must be whole numbers from 0")
+        if np.any(lrs < 0) or np.any(losses <= 0):
+            raise CurveError(f"{name}: learning rates must be non-negative and losses positive")
+        if steps[0] > 0:  # a linear warmup from zero to the first logged rate
+            steps_known, lrs_known = np.concatenate([[0.0], steps]), np.concatenate([[0.0], lrs])
+        else:
+            steps_known, lrs_known = steps, lrs
+        per_step = np.interp(np.arange(1, int(steps[-1]) + 1), steps_known, lrs_known)
+        logged = steps >= 1  # the law predicts the loss after a step; step 0 has none
+        return cls(name, per_step, steps[logged].astype(np.int64), losses[logged])
+
+    @classmethod
+    def read_csv(cls, path: Path) -> Curve:
+        try:
+            table = pd.read_csv(path)
+        except FileNotFoundError:
+            raise CurveError(f"{path}: no such file") from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise CurveError(f"{path}: not a readable CSV ({exc})") from None
+        missing = [c for c in ("step", "lr", "loss") if c not in table.columns]
+        if missing:
+            raise CurveError(f"{path}: missing column(s) {', '.join(missing)}; need step, lr, loss")
+        try:
+            columns = [pd.to_numeric(table[c], errors="raise") for c in ("step", "lr", "loss")]
+        except (ValueError, TypeError) as exc:
+            raise CurveError(f"{path}: step, lr and loss must be numbers ({exc})") from None
+        return cls.from_log(str(path), *columns)
+
+    def from_step(self, min_step: int) -> Curve:
+        """The curve's losses from ``min_step`` on (the rates stay whole: the law needs every step's)."""
+        keep = self.steps >= min_step
+        if keep.sum() < 2:
+            raise CurveError(f"{self.name}: fewer than two rows at or after step {min_step}")
+        return Curve(self.name, self.lrs, self.steps[keep], self.losses[keep])
+
+    def terms(self) -> ScheduleTerms:
+        return schedule_terms(self.lrs, self.steps)
+
+
+@dataclass
+class MPLFit:
+    """Fitted parameters: the shared ones, and L0 and A per curve (or one pair for all)."""
+
+    shared: dict[str, float]
+    per_curve: dict[str, tuple[float, float]] = field(default_factory=dict)
+    relative_rmse: float = 0.0
+
+    def params(self, name: str | None = None) -> MPLParams:
+        """The law's parameters for curve ``name`` (or the shared L0 and A when fitted jointly)."""
+        if name is not None and name in self.per_curve:
+            l0, a = self.per_curve[name]
+        elif "L0" in self.shared:
+            l0, a = self.shared["L0"], self.shared["A"]
+        else:
+            raise KeyError(f"no L0 and A for curve {name!r}: it was not fitted and none are shared")
+        return MPLParams(L0=l0, A=a, **{k: self.shared[k] for k in ("alpha", "B", "C", "beta", "gamma")})
+
+    def predict(self, lrs: np.ndarray, steps: np.ndarray, name: str | None = None) -> np.ndarray:
+        return schedule_terms(lrs, steps).loss(self.params(name))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shared": self.shared, "per_curve": {k: list(v) for k, v in self.per_curve.items()}} | {
+            "relative_rmse": self.relative_rmse
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MPLFit:
+        return cls(dict(data["shared"]), {k: tuple(v) for k, v in data["per_curve"].items()}, data["relative_rmse"])
+
+    @classmethod
+    def read(cls, path: Path) -> MPLFit:
+        try:
+            return cls.from_json(json.loads(path.read_text())["fit"])
+        except FileNotFoundError:
+            raise CurveError(f"{path}: no such fit file") from None
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise CurveError(f"{path}: not an MPL fit written by 'effsweep mpl fit --json' ({exc})") from None
+
+
+def read_law(path: Path) -> MPLParams:
+    """The law an ``mpl_optimal`` schedule optimises, from ``effsweep mpl fit --json`` or a sweep's folder.
+
+    A sweep fits L0 and A per trial; its law takes those of the trial with
+    the lowest final loss.
+    """
+    path = Path(path)
+    if path.is_dir():
+        state_path = path / "mpl" / "state.json"
+        if not state_path.is_file():
+            raise CurveError(f"{path}: not a sweep folder with an MPL fit (no {state_path}; use scheduler: mpl)")
+        state = json.loads(state_path.read_text())
+        if not state.get("fit"):
+            raise CurveError(f"{state_path}: the sweep never fitted the law (too few trials completed)")
+        fit = MPLFit.from_json(state["fit"])
+        tracks = state["tracks"].items()
+        finals = {tid: t["final"] for tid, t in tracks if t["final"] is not None and tid in fit.per_curve}
+        return fit.params(min(finals, key=finals.get) if finals else None)
+    return MPLFit.read(path).params()
+
+
+def fit_mpl(
+    curves: Sequence[Curve],
+    *,
+    per_curve: bool,
+    prior: MPLFit | None = None,
+    prior_strength: float = 1.0,
+    huber_scale: float = 0.005,
+) -> MPLFit:
+    """Fit the law to ``curves`` (see the module docstring); the best of several starts."""
+    if not curves:
+        raise ValueError("fit_mpl needs at least one curve")
+    terms = [c.terms() for c in curves]
+    observed = np.concatenate([c.losses for c in curves])
+    solve = _LinearPart(terms, [c.losses for c in curves], per_curve)
+    lower = np.log([_BOUNDS[k][0] for k in NONLINEAR])
+    upper = np.log([_BOUNDS[k][1] for k in NONLINEAR])
+    centre = np.log([prior.shared[k] for k in NONLINEAR]) if prior else None
+
+    def residuals(z: np.ndarray) -> np.ndarray:
+        predicted, _ = solve(dict(zip(NONLINEAR, np.exp(z), strict=True)))
+        fit = (predicted - observed) / observed
+        if centre is None:
+            return fit
+        return np.concatenate([fit, math.sqrt(prior_strength) * huber_scale * (z - centre)])
+
+    starts = [np.log([s[k] for k in NONLINEAR]) for s in _STARTS]
+    if centre is not None:
+        starts.insert(0, centre)
+    best = None
+    for start in starts:
+        result = least_squares(
+            residuals, np.clip(start, lower + 1e-9, upper - 1e-9), bounds=(lower, upper),
+            loss="huber", f_scale=huber_scale, max_nfev=200,
+        )  # fmt: skip
+        if best is None or result.cost < best.cost:
+            best = result
+    nonlinear = {k: float(v) for k, v in zip(NONLINEAR, np.exp(best.x), strict=True)}
+    predicted, linear = solve(nonlinear)
+    rmse = float(np.sqrt(np.mean(((predicted - observed) / observed) ** 2)))
+    shared = {**nonlinear, "B": linear["B"]}
+    if per_curve:
+        return MPLFit(shared, {c.name: linear["curves"][i] for i, c in enumerate(curves)}, rmse)
+    l0, a = linear["curves"][0]
+    return MPLFit({**shared, "L0": l0, "A": a}, {}, rmse)
+
+
+class _LinearPart:
+    """Solves L0, A (per curve or shared) and B for given nonlinear parameters, weighting by 1 / loss."""
+
+    def __init__(self, terms: list[ScheduleTerms], losses: list[np.ndarray], per_curve: bool) -> None:
+        self.terms = terms
+        self.per_curve = per_curve
+        self.weights = 1.0 / np.concatenate(losses)
+        self.target = np.ones_like(self.weights)  # observed / observed
+        self.sizes = [len(t.power_area) for t in terms]
+
+    def __call__(self, nonlinear: dict[str, float]) -> tuple[np.ndarray, dict[str, Any]]:
+        n_pairs = len(self.terms) if self.per_curve else 1
+        design = np.zeros((sum(self.sizes), 2 * n_pairs + 1))
+        row = 0
+        for i, (t, size) in enumerate(zip(self.terms, self.sizes, strict=True)):
+            pair = i if self.per_curve else 0
+            design[row : row + size, 2 * pair] = 1.0
+            design[row : row + size, 2 * pair + 1] = t.power_area ** (-nonlinear["alpha"])
+            design[row : row + size, -1] = -t.decay(nonlinear["C"], nonlinear["beta"], nonlinear["gamma"])
+            row += size
+        weighted = design * self.weights[:, None]
+        lower = np.zeros(design.shape[1])
+        solution = lsq_linear(weighted, self.target, bounds=(lower, np.full(design.shape[1], np.inf))).x
+        pairs = [(float(solution[2 * p]), float(solution[2 * p + 1])) for p in range(n_pairs)]
+        return design @ solution, {"curves": pairs, "B": float(solution[-1])}
+
+
+def prediction_scores(predicted: np.ndarray, observed: np.ndarray) -> dict[str, float]:
+    """How well a predicted curve matches the observed one."""
+    error = predicted - observed
+    relative = np.abs(error) / observed
+    spread = float(np.sum((observed - observed.mean()) ** 2))
+    return {
+        "r2": 1.0 - float(np.sum(error**2)) / spread if spread > 0 else math.nan,
+        "mae": float(np.mean(np.abs(error))),
+        "rmse": float(np.sqrt(np.mean(error**2))),
+        "final_rel_error": float(relative[-1]),
+        "worst_rel_error": float(relative.max()),
+    }
+
+
+def fit_and_predict(
+    fit_paths: Sequence[Path], predict_paths: Sequence[Path], min_step: int = 0
+) -> tuple[MPLFit, dict[str, Any]]:
+    """``effsweep mpl fit``: one set of parameters for the ``fit_paths`` curves, scored on every curve.
+
+    Rows before ``min_step`` are neither fitted nor scored: the first few
+    hundred steps of a run leave a transient (the loss of a fresh model
+    falls faster than any power law) that would otherwise bend the fit.
+    """
+    fitted_curves = [Curve.read_csv(p).from_step(min_step) for p in fit_paths]
+    predicted_curves = [Curve.read_csv(p).from_step(min_step) for p in predict_paths]
+    fit = fit_mpl(fitted_curves, per_curve=False)
+    report: dict[str, Any] = {"fit": fit.to_json(), "min_step": min_step, "fitted": {}, "predicted": {}}
+    for group, curves in (("fitted", fitted_curves), ("predicted", predicted_curves)):
+        for curve in curves:
+            report[group][curve.name] = prediction_scores(fit.predict(curve.lrs, curve.steps), curve.losses)
+    return fit, report
