@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+from orchestrator.pruning import MPLPruner
 from orchestrator.spec import SweepSpec
 
 
-def build_scheduler(spec: SweepSpec) -> TrialScheduler:
-    """``fifo`` runs every trial to its budget; ``asha`` stops the worst at rungs of compute.
+def build_scheduler(spec: SweepSpec, sweep_dir: Path) -> TrialScheduler:
+    """``fifo`` runs every trial to its budget; ``asha`` stops the worst at rungs of compute;
+    ``mpl`` stops those the Multi-Power Law predicts will not win (``orchestrator.pruning``).
 
     ASHA's rungs are measured in ``compute`` rather than reports or steps, so
     trials with different batch sizes (or patch settings) are compared after
     the same amount of work.
     """
-    if spec.scheduler.name == "fifo":
+    scheduler = spec.scheduler
+    if scheduler.name == "fifo":
         return FIFOScheduler()
+    if scheduler.name == "mpl":
+        return MPLPruner(
+            sweep_dir, fractions=tuple(scheduler.fractions), margin=scheduler.margin, z=scheduler.z,
+            min_completed=scheduler.min_completed,
+        )  # fmt: skip
     budget = spec.budget.compute
     return ASHAScheduler(
         time_attr="compute",

@@ -20,8 +20,9 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from orchestrator.layout import SweepDirError, SweepLayout, SweepRecord
-from orchestrator.plots import plot_val_loss
+from orchestrator.plots import plot_predictions, plot_val_loss
 from orchestrator.progress import ConsoleProgress
+from orchestrator.pruning import read_predictions
 from orchestrator.results import CONFIG_PREFIX, SweepResults, collect_results, write_results
 from orchestrator.schedulers import build_scheduler
 from orchestrator.searchers import METRIC, MODE, build_searcher
@@ -30,6 +31,7 @@ from orchestrator.spec import SweepSpec
 from orchestrator.tracking import (
     MlflowTrialCallback,
     child_runs,
+    drop_orphan_child_runs,
     ensure_experiment,
     finish_parent_run,
     open_parent_run,
@@ -46,6 +48,9 @@ class SweepOutcome:
     record: SweepRecord
     results: SweepResults
     interrupted: bool
+
+
+TRIAL_RETRIES = 2
 
 
 def cache_dir() -> Path:
@@ -124,10 +129,18 @@ def run_sweep(
         client.set_terminated(parent_run_id, status="KILLED")
         raise
     results = collect_results(grid)
+    # A trial that never reported is named by its folder, which holds its id.
+    reported, folders = set(results.trials["trial_id"]), [Path(r.path).name for r in grid]
+    drop_orphan_child_runs(
+        client, experiment_id, parent_run_id, lambda tid: tid in reported or any(f"_{tid}_" in f for f in folders)
+    )
     interrupted = grid.num_terminated + grid.num_errors < len(grid)
     artifacts = write_results(results, layout.results_dir)
     if not results.metrics.empty:
         artifacts.append(plot_val_loss(results, layout.results_dir / "val_loss.png"))
+    predictions = read_predictions(layout.root)
+    if not predictions.empty:
+        artifacts.append(plot_predictions(predictions, results, layout.results_dir / "mpl_predictions.png"))
     finish_parent_run(
         client,
         parent_run_id,
@@ -157,7 +170,7 @@ def _tuner(spec: SweepSpec, layout: SweepLayout, data: SweepData) -> tune.Tuner:
             metric=METRIC,
             mode=MODE,
             search_alg=build_searcher(spec),
-            scheduler=build_scheduler(spec),
+            scheduler=build_scheduler(spec, layout.root),
             num_samples=spec.trials,
             max_concurrent_trials=spec.concurrency,
             # Every trial of a sweep asks for the same resources, so a finished trial's worker
@@ -168,6 +181,8 @@ def _tuner(spec: SweepSpec, layout: SweepLayout, data: SweepData) -> tune.Tuner:
             name=spec.name,
             storage_path=str(layout.tune_dir),
             callbacks=[MlflowTrialCallback(layout.root), ConsoleProgress([k.name for k in spec.knobs])],
+            # A trial whose node is lost (or whose worker dies) runs again rather than being lost.
+            failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
             verbose=0,  # ConsoleProgress reports instead, at the level the CLI sets
         ),
     )

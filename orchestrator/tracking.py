@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from orchestrator.layout import SweepLayout, SweepRecord
+from orchestrator.pruning import PredictionFeed
 from orchestrator.results import reported_metrics, trial_status
 from orchestrator.selection_view import SelectionPictures
 
@@ -110,6 +111,23 @@ def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> 
             return found
 
 
+def drop_orphan_child_runs(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, known: Callable[[str], bool]
+) -> int:
+    """Delete the child runs of trials the sweep no longer has; how many.
+
+    A driver killed between starting a trial and Tune's next experiment
+    snapshot leaves a child run for a trial the restored sweep never heard
+    of: it starts that configuration again under a new trial id. The orphan
+    is deleted (MLflow keeps it in its trash), so each trial has one run.
+    """
+    runs = child_runs(client, experiment_id, parent_run_id)
+    orphans = [run_id for trial_id, run_id in runs.items() if not known(trial_id)]
+    for run_id in orphans:
+        client.delete_run(run_id)
+    return len(orphans)
+
+
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -189,6 +207,7 @@ class MlflowTrialCallback(Callback):
         self._batcher = MetricBatcher(self._client, flush_interval_s=self.flush_interval_s)
         self._runs = child_runs(self._client, self._experiment_id, self._parent_run_id)
         self._pictures = SelectionPictures.load(SweepLayout(self.sweep_dir).selection_dir)
+        self._predictions = PredictionFeed(self.sweep_dir)
 
     def run_id(self, trial: Trial) -> str:
         """The child run of ``trial``, created on first sight."""
@@ -224,8 +243,17 @@ class MlflowTrialCallback(Callback):
             self._batcher.flush()
 
     def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        self._log_predictions()
         if self._batcher.due():
             self._batcher.flush()
+
+    def _log_predictions(self) -> None:
+        """The MPL pruner's predictions (if it runs) go to their trials' runs at the step they were made."""
+        for line in self._predictions.new():
+            run_id = self._runs.get(line["trial_id"])
+            if run_id is not None:
+                metrics = {k: line[k] for k in ("mpl_pred_final", "mpl_pred_low", "mpl_pred_high")}
+                self._batcher.add(run_id, metrics, step=line["step"], timestamp_ms=int(time.time() * 1000))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._finish(trial, errored=False)
@@ -234,6 +262,7 @@ class MlflowTrialCallback(Callback):
         self._finish(trial, errored=True)
 
     def _finish(self, trial: Trial, *, errored: bool) -> None:
+        self._log_predictions()
         run_id = self.run_id(trial)
         self._batcher.flush(run_id)
         status = trial_status(trial.last_result, errored)

@@ -1,0 +1,162 @@
+"""Pruners compared on the curve bank, by replaying recorded trials through real Tune schedulers.
+
+For each of several random orders of the bank's trials, a Tune run replays
+them (``orchestrator.replay``; ``concurrency`` at a time, like a sweep on a
+few workers) under no pruning, ASHA, median stopping, Hyperband and the
+``mpl`` pruner. Per scheduler: compute used (the compute of every report let
+through) and regret (final loss of the best trial it ran to the end, minus
+the best final loss in the bank, relative). Then Spearman correlation of
+MPL's predictions at 10%, 20% and 30% of each trial's budget with the true
+final losses: the decay shape fitted on the trials the law models among the
+first ``SHARED`` of each order, the rest predicted; a trial the law does not
+model, or with no token-phase points yet (a patch trial early on), is ranked
+by its last loss, as the pruner's fallback ranks it. Hyperband is Tune's
+asynchronous form (three brackets): the synchronous one pauses trials, and a
+replay without checkpoints would restart from scratch on resume.
+
+Each of ASHA and MPL runs at its defaults and in an aggressive setting (ASHA:
+first cut at 10%, reduction factor 4; MPL: intervals of 0.5 standard
+errors). ``mpl_to_asha_compute`` compares them at equal regret: the compute
+of the cheapest MPL setting whose mean regret is at most ``TARGET`` over
+that of the cheapest such ASHA setting.
+
+Run: ``.venv/bin/python benchmarks/pruning.py [--orders 3] [--concurrency 4]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule
+from scipy.stats import spearmanr
+
+from orchestrator.mpl import fit_mpl
+from orchestrator.pruning import MPLPruner, TrialTrack, predict_final
+from orchestrator.replay import BankOrder, config_key, read_bank, replay_trial
+
+BANK = Path(__file__).resolve().parent / "curves" / "bank.parquet"
+SHARED = 8
+TARGET = 0.005
+FRACTIONS = (0.1, 0.2, 0.3)
+
+
+def _schedulers(budget: float, folder: Path) -> dict[str, Any]:
+    rungs = {"time_attr": "compute", "metric": "val_loss", "mode": "min"}
+    return {
+        "none": FIFOScheduler(),
+        "asha": ASHAScheduler(max_t=budget, grace_period=0.25 * budget, reduction_factor=3, **rungs),
+        "asha_aggressive": ASHAScheduler(max_t=budget, grace_period=0.1 * budget, reduction_factor=4, **rungs),
+        "median": MedianStoppingRule(grace_period=0.25 * budget, min_samples_required=3, **rungs),
+        "hyperband": AsyncHyperBandScheduler(
+            max_t=budget, grace_period=0.1 * budget, reduction_factor=3, brackets=3, **rungs
+        ),
+        "mpl": MPLPruner(folder, min_completed=3, background=False),
+        "mpl_aggressive": MPLPruner(folder.with_name(folder.name + "-z0.5"), min_completed=3, z=0.5, background=False),
+    }
+
+
+def _replay(order: list[dict[str, Any]], reports: dict, scheduler: Any, concurrency: int, storage: Path) -> dict:
+    tuner = tune.Tuner(
+        tune.with_parameters(replay_trial, reports=reports),
+        tune_config=tune.TuneConfig(
+            search_alg=BankOrder(order),
+            max_concurrent_trials=concurrency,
+            scheduler=scheduler,
+            num_samples=len(order),
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(storage_path=str(storage), verbose=0),
+    )
+    grid = tuner.fit()
+    compute, finals = 0.0, {}
+    for result in grid:
+        history = result.metrics_dataframe
+        compute += float(history["compute"].max())
+        final = result.metrics.get("final_val_loss")
+        if final is not None and math.isfinite(final):
+            finals[config_key(result.config)] = float(final)
+    return {"compute": compute, "best": min(finals.values())}
+
+
+def _spearman(order: list[dict[str, Any]], reports: dict, truth: dict[str, float]) -> dict[float, float]:
+    tracks = {}
+    for config in order:
+        track = TrialTrack.from_config(config)
+        for report in reports[config_key(config)]:
+            track.observe(report)
+        tracks[config_key(config)] = track
+    shared = [tracks[config_key(c)] for c in order[:SHARED]]
+    fit = fit_mpl([t.curve(str(i)) for i, t in enumerate(shared) if t.modelled and len(t.steps) >= 3], per_curve=True)
+    scores = {}
+    for fraction in FRACTIONS:
+        predicted, actual = [], []
+        for config in order[SHARED:]:
+            key = config_key(config)
+            early = TrialTrack.from_config(config)
+            for report in reports[key]:
+                if report["compute"] > fraction * early.budget:
+                    break
+                early.observe(report)
+                last_loss = report.get("val_loss", math.nan)
+            prediction = predict_final(early, fit, z=1.64) if early.modelled else None
+            predicted.append(prediction.value if prediction else last_loss)
+            actual.append(truth[key])
+        scores[fraction] = float(spearmanr(predicted, actual).statistic)
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orders", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args()
+    configs, reports = read_bank(BANK)
+    truth = {config_key(c): reports[config_key(c)][-1]["final_val_loss"] for c in configs}
+    best = min(truth.values())
+    total = sum(reports[config_key(c)][-1]["compute"] for c in configs)
+    budget = max(TrialTrack.from_config(c).budget for c in configs)
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    ray.init(num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False)
+    runs: dict[str, list[dict[str, float]]] = {}
+    spearman: dict[float, list[float]] = {f: [] for f in FRACTIONS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(args.orders):
+            order = [configs[i] for i in np.random.default_rng(seed).permutation(len(configs))]
+            for fraction, rho in _spearman(order, reports, truth).items():
+                spearman[fraction].append(rho)
+            for name, scheduler in _schedulers(budget, Path(tmp) / f"mpl-{seed}").items():
+                outcome = _replay(order, reports, scheduler, args.concurrency, Path(tmp) / f"{name}-{seed}")
+                runs.setdefault(name, []).append(
+                    {"compute": outcome["compute"] / total, "regret": outcome["best"] / best - 1.0}
+                )
+                print(f"order {seed} {name}: {runs[name][-1]}", flush=True)
+    ray.shutdown()
+    summary: dict[str, Any] = {"trials": len(configs), "orders": args.orders, "concurrency": args.concurrency}
+    for name, outcomes in runs.items():
+        summary[f"{name}_compute"] = float(np.mean([o["compute"] for o in outcomes]))
+        summary[f"{name}_regret"] = float(np.mean([o["regret"] for o in outcomes]))
+        summary[f"{name}_worst_regret"] = float(np.max([o["regret"] for o in outcomes]))
+    for fraction, values in spearman.items():
+        summary[f"spearman_at_{round(fraction * 100)}pct"] = float(np.mean(values))
+    cheapest = {
+        family: min(
+            (summary[f"{n}_compute"] for n in runs if n.startswith(family) and summary[f"{n}_regret"] <= TARGET),
+            default=math.nan,
+        )
+        for family in ("asha", "mpl")
+    }
+    summary["mpl_to_asha_compute"] = cheapest["mpl"] / cheapest["asha"]
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,361 @@
+"""The ``mpl`` scheduler: stop the trials the Multi-Power Law predicts will not win.
+
+At decision points (fractions of each trial's planned compute) the pruner
+predicts the trial's ``final_val_loss`` from its curve so far and its
+planned learning rates: L0 and A are fitted to the trial alone (a closed-form
+weighted least-squares fit), the decay shape (alpha, B, C, beta, gamma) is
+shared by the sweep and refitted, in a separate process, on every trial's
+curve whenever a trial completes. The prediction comes with an interval
+(the fit's standard error and the shared fit's model error, times ``z``).
+A trial is stopped when even its optimistic prediction is worse, by
+``margin``, than the best pessimistic one: a completed trial's actual final
+loss, or a running trial's upper bound.
+
+Nothing is stopped by a prediction until ``min_completed`` trials the law
+models have finished: before then the sweep has no fitted decay shape.
+``background=False`` refits in the foreground instead, so a replay gives the
+same decisions every time. Trials with patch training are judged on their
+token phase only, whose schedule starts afresh.
+
+The law models trials whose rate follows a planned schedule (``adamw``,
+``sgd``). Rules that choose their own rate (``armijo_sgd``, ``vsgd``) have no
+future rates to predict from, and schedule-free rules anneal by averaging
+the iterates, which no learning rate shows: the law would misjudge both.
+They fall back to the median stopping rule at the same decision points: a
+trial is stopped when its validation loss is worse, by ``margin``, than the
+median loss of every other trial at the same share of its compute (once at
+least ``min_completed`` others have reached it). They stay out of the
+shared fit, and their actual final losses still count as incumbents.
+
+Predictions go to ``DIR/mpl/predictions.jsonl`` (the MLflow callback logs
+them as ``mpl_pred_final``, ``mpl_pred_low`` and ``mpl_pred_high``) and the
+pruner's state to ``DIR/mpl/state.json``, so a resumed sweep keeps them:
+Tune does not restore a scheduler's state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from orchestrator.mpl import Curve, MPLFit, fit_mpl
+from trainables.config import TrialConfig
+from trainables.multipower import schedule_terms
+
+PREDICTIONS = "predictions.jsonl"
+# Step rules whose rate is their planned schedule, so the law can model their loss.
+LAW_MODELLED = ("adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    value: float
+    low: float
+    high: float
+
+
+def should_stop(prediction: Prediction, incumbent_high: float, margin: float) -> bool:
+    """Stop when the trial's optimistic final loss is worse than the incumbent's pessimistic one by ``margin``."""
+    return prediction.low > incumbent_high * (1.0 + margin)
+
+
+@dataclass
+class TrialTrack:
+    """What the pruner knows of one trial: its judged phase's planned rates and the losses seen in it."""
+
+    budget: float
+    offset: int  # steps before the judged (token) phase
+    planned: list[float] | None  # per-step rates of the judged phase; None: the rule chooses its own
+    modelled: bool = True  # whether the law predicts it (see the module docstring)
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    compute: float = 0.0
+    next_decision: int = 0
+    final: float | None = None
+    last: Prediction | None = None
+    latest_loss: float | None = None  # the last validation loss, any phase
+    losses_at_decisions: list[float] = field(default_factory=list)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> TrialTrack:
+        cfg = TrialConfig.from_flat(config)
+        patch_steps, _ = cfg.phase_steps
+        planned = cfg.planned_lrs()
+        judged = None if planned is None else planned[patch_steps:].tolist()
+        modelled = cfg.optimizer.name in LAW_MODELLED
+        return cls(cfg.budget.compute, patch_steps, judged, modelled)
+
+    def observe(self, result: dict[str, Any]) -> None:
+        self.compute = float(result.get("compute", self.compute))
+        loss = result.get("val_loss")
+        if loss is None or not math.isfinite(loss):
+            return
+        self.latest_loss = float(loss)
+        if result.get("phase", "token") != "token":
+            return
+        step = int(result["step"]) - self.offset
+        if step >= 1 and (not self.steps or step > self.steps[-1]):
+            self.steps.append(step)
+            self.losses.append(float(loss))
+
+    def schedule(self) -> np.ndarray:
+        """Planned per-step rates of the judged phase (only trials the law models have them)."""
+        if self.planned is None:
+            raise ValueError("a trial whose rule chooses its own rate has no planned schedule")
+        return np.asarray(self.planned)
+
+    def curve(self, name: str) -> Curve:
+        lrs = self.schedule()
+        return Curve(name, lrs[: self.steps[-1]], np.asarray(self.steps), np.asarray(self.losses))
+
+
+def predict_final(track: TrialTrack, fit: MPLFit, z: float) -> Prediction | None:
+    """The trial's final loss with an interval, L0 and A fitted to its curve, the rest from ``fit``."""
+    if len(track.steps) < 3:
+        return None
+    lrs = track.schedule()
+    steps = np.asarray(track.steps)
+    terms = schedule_terms(lrs, np.concatenate([steps, [len(lrs)]]))
+    shape = fit.shared
+    power = terms.power_area ** (-shape["alpha"])
+    decay = shape["B"] * terms.decay(shape["C"], shape["beta"], shape["gamma"])
+    losses = np.asarray(track.losses)
+    design = np.column_stack([np.ones(len(steps)), power[:-1]])
+    weights = 1.0 / losses
+    coef, *_ = np.linalg.lstsq(design * weights[:, None], (losses + decay[:-1]) * weights, rcond=None)
+    residual = (design @ coef - decay[:-1] - losses) * weights
+    dof = max(len(steps) - 2, 1)
+    sigma2 = max(float(residual @ residual) / dof, fit.relative_rmse**2)
+    covariance = sigma2 * np.linalg.pinv((design * weights[:, None]).T @ (design * weights[:, None]))
+    at_end = np.array([1.0, power[-1]])
+    value = float(at_end @ coef - decay[-1])
+    spread = math.sqrt(max(float(at_end @ covariance @ at_end), 0.0) + (fit.relative_rmse * value) ** 2)
+    return Prediction(value, value - z * spread, value + z * spread)
+
+
+def _refit(curves: list[Curve], prior: dict[str, Any] | None) -> dict[str, Any]:
+    """The shared fit, run in a separate process (so a picklable, top-level function)."""
+    return fit_mpl(curves, per_curve=True, prior=MPLFit.from_json(prior) if prior else None).to_json()
+
+
+class MPLPruner(FIFOScheduler):
+    """Stops trials the Multi-Power Law predicts will not win; see the module docstring.
+
+    Example:
+        >>> import tempfile
+        >>> pruner = MPLPruner(Path(tempfile.mkdtemp()), fractions=(0.2, 0.5), margin=0.01)
+        >>> should_stop(Prediction(2.6, 2.55, 2.65), incumbent_high=2.5, margin=0.01)
+        True
+    """
+
+    def __init__(
+        self,
+        sweep_dir: Path,
+        *,
+        fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5, 0.7),
+        margin: float = 0.0,
+        z: float = 1.64,
+        min_completed: int = 2,
+        background: bool = True,
+    ) -> None:
+        if not fractions or any(not 0 < f < 1 for f in fractions):
+            raise ValueError(f"decision fractions must lie in (0, 1), got {fractions}")
+        if margin < 0 or z <= 0 or min_completed < 1:
+            raise ValueError(f"need margin >= 0, z > 0, min_completed >= 1; got {margin}, {z}, {min_completed}")
+        super().__init__()
+        self.folder = Path(sweep_dir) / "mpl"
+        self.fractions = tuple(sorted(fractions))
+        self.margin, self.z, self.min_completed = margin, z, min_completed
+        self.background = background
+        self._reset()
+
+    def _reset(self) -> None:
+        self._tracks: dict[str, TrialTrack] = {}
+        self._fit: MPLFit | None = None
+        self._pending: Future | None = None
+        self._pool: ProcessPoolExecutor | None = None
+        self._loaded = False
+
+    _LIVE = ("_tracks", "_fit", "_pending", "_pool", "_loaded")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles schedulers into its experiment checkpoint; the live parts are rebuilt.
+        return {k: v for k, v in self.__dict__.items() if k not in self._LIVE}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    # --- Tune's scheduler interface -------------------------------------------------
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return super().set_search_properties(metric, mode, **spec)
+
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        self._load()
+        if trial.trial_id not in self._tracks:
+            self._tracks[trial.trial_id] = TrialTrack.from_config(trial.config)
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        self._collect_fit()
+        track = self._tracks.get(trial.trial_id)
+        if track is None:
+            self.on_trial_add(tune_controller, trial)
+            track = self._tracks[trial.trial_id]
+        track.observe(result)
+        if (
+            track.next_decision >= len(self.fractions)
+            or track.compute < self.fractions[track.next_decision] * track.budget
+        ):
+            return TrialScheduler.CONTINUE
+        while (
+            track.next_decision < len(self.fractions)
+            and track.compute >= self.fractions[track.next_decision] * track.budget
+        ):
+            track.next_decision += 1
+            track.losses_at_decisions.append(math.inf if track.latest_loss is None else track.latest_loss)
+        if track.modelled:
+            decision = self._decide(trial.trial_id, track, int(result.get("step", 0)))
+        else:
+            decision = self._decide_by_median(trial.trial_id, track)
+        self._save()
+        return decision
+
+    def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
+        track = self._tracks.get(trial.trial_id)
+        if track is not None and result and math.isfinite(result.get("final_val_loss", math.nan)):
+            track.observe(result)
+            track.final = float(result["final_val_loss"])
+            self._start_refit()
+        self._save()
+
+    def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
+        self._save()
+
+    def debug_string(self) -> str:
+        done = sum(t.final is not None for t in self._tracks.values())
+        shape = "fitted" if self._fit else "not fitted yet"
+        return f"MPLPruner: {len(self._tracks)} trials, {done} completed, decay shape {shape}"
+
+    # --- decisions ----------------------------------------------------------------
+
+    def _decide(self, trial_id: str, track: TrialTrack, step: int) -> str:
+        if self._fit is None:
+            return TrialScheduler.CONTINUE
+        prediction = predict_final(track, self._fit, self.z)
+        if prediction is None:
+            return TrialScheduler.CONTINUE
+        track.last = prediction
+        others = [t for tid, t in self._tracks.items() if tid != trial_id]
+        finals = [t.final for t in others if t.final is not None]
+        highs = [t.last.high for t in others if t.final is None and t.last is not None]
+        incumbent = min(finals + highs, default=math.inf)
+        stop = should_stop(prediction, incumbent, self.margin)
+        self._log(trial_id, step, track, prediction, stop)
+        return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
+
+    def _decide_by_median(self, trial_id: str, track: TrialTrack) -> str:
+        point = len(track.losses_at_decisions) - 1
+        others = [
+            t.losses_at_decisions[point]
+            for tid, t in self._tracks.items()
+            if tid != trial_id and len(t.losses_at_decisions) > point
+        ]
+        if len(others) < self.min_completed:
+            return TrialScheduler.CONTINUE
+        stop = track.losses_at_decisions[point] > float(np.median(others)) * (1.0 + self.margin)
+        return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
+
+    def _log(self, trial_id: str, step: int, track: TrialTrack, prediction: Prediction, stop: bool) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        line = {"trial_id": trial_id, "step": step, "compute": track.compute, "fraction": track.compute / track.budget}
+        line |= {"mpl_pred_final": prediction.value, "mpl_pred_low": prediction.low, "mpl_pred_high": prediction.high}
+        with open(self.folder / PREDICTIONS, "a") as file:
+            file.write(json.dumps(line | {"stopped": stop}) + "\n")
+
+    # --- the shared fit, off Tune's event loop ----------------------------------------
+
+    def _start_refit(self) -> None:
+        completed = sum(t.final is not None and t.modelled for t in self._tracks.values())
+        if completed < self.min_completed or (self._pending is not None and not self._pending.done()):
+            return
+        curves = [t.curve(tid) for tid, t in self._tracks.items() if t.modelled and len(t.steps) >= 3]
+        prior = self._fit.to_json() if self._fit else None
+        if not self.background:  # deterministic, for replays and tests: the fit lands before the next decision
+            self._fit = MPLFit.from_json(_refit(curves, prior))
+            return
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self._pending = self._pool.submit(_refit, curves, prior)
+
+    def _collect_fit(self) -> None:
+        if self._pending is not None and self._pending.done():
+            self._fit = MPLFit.from_json(self._pending.result())
+            self._pending = None
+
+    def wait_for_fit(self, timeout: float | None = None) -> None:
+        """Block until a pending shared fit lands (for tests and benchmarks, not Tune's loop)."""
+        if self._pending is not None:
+            self._pending.result(timeout=timeout)
+            self._collect_fit()
+
+    # --- persistence ----------------------------------------------------------------
+
+    def _save(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        state = {
+            "tracks": {tid: asdict(t) for tid, t in self._tracks.items()},
+            "fit": self._fit.to_json() if self._fit else None,
+        }
+        partial = self.folder / "state.json.tmp"
+        partial.write_text(json.dumps(state))
+        partial.replace(self.folder / "state.json")
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        path = self.folder / "state.json"
+        if not path.is_file():
+            return
+        state = json.loads(path.read_text())
+        for tid, raw in state["tracks"].items():
+            last = raw.pop("last")
+            self._tracks[tid] = TrialTrack(**raw, last=Prediction(**last) if last else None)
+        self._fit = MPLFit.from_json(state["fit"]) if state["fit"] else None
+
+
+def read_predictions(sweep_dir: Path) -> pd.DataFrame:
+    """Every prediction the pruner made in a sweep, one row each (empty if it made none)."""
+    path = Path(sweep_dir) / "mpl" / PREDICTIONS
+    if not path.is_file():
+        return pd.DataFrame()
+    return pd.read_json(path, lines=True)
+
+
+class PredictionFeed:
+    """Reads the predictions file as it grows: each call returns the lines written since the last."""
+
+    def __init__(self, sweep_dir: Path) -> None:
+        self.path = Path(sweep_dir) / "mpl" / PREDICTIONS
+        self._offset = 0
+
+    def new(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        with open(self.path) as file:
+            file.seek(self._offset)
+            text = file.read()
+        complete = text[: text.rfind("\n") + 1]  # a line still being written waits for the next call
+        self._offset += len(complete.encode())
+        return [json.loads(line) for line in complete.splitlines() if line]

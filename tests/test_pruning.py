@@ -1,0 +1,127 @@
+"""The MPL pruner: its decision rule, its predictions, its state, and a small real sweep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from ray.tune.schedulers import TrialScheduler
+
+from orchestrator.mpl import MPLFit
+from orchestrator.pruning import MPLPruner, Prediction, PredictionFeed, TrialTrack, predict_final, should_stop
+from orchestrator.spec import parse_spec
+from orchestrator.sweep import run_sweep
+from tests.conftest import tiny_spec
+from trainables.config import TrialConfig
+from trainables.multipower import MPLParams, mpl_predict
+
+SHAPE = {"alpha": 0.45, "B": 350.0, "C": 2.0, "beta": 0.6, "gamma": 0.55}
+
+
+def test_the_decision_rule() -> None:
+    incumbent = 2.50
+    assert should_stop(Prediction(2.60, 2.55, 2.65), incumbent, margin=0.0)
+    assert not should_stop(Prediction(2.60, 2.49, 2.70), incumbent, margin=0.0)  # might still win
+    assert not should_stop(Prediction(2.60, 2.55, 2.65), incumbent, margin=0.03)  # within the margin
+
+
+def test_a_trial_following_the_law_is_predicted_within_its_interval() -> None:
+    cfg = TrialConfig.from_flat({"budget.compute": 3000 * 2048, "batch_size": 16, "schedule.name": "wsd"})
+    lrs = cfg.planned_lrs()
+    truth = MPLParams(L0=2.0, A=0.6, **SHAPE)
+    track = TrialTrack.from_config(cfg.to_flat())
+    for step in range(100, 901, 100):  # 30% of the run, all before the decay
+        track.observe({"step": step, "compute": step * 2048, "val_loss": float(mpl_predict(truth, lrs, [step])[0])})
+    prediction = predict_final(track, MPLFit(dict(SHAPE), {}, 0.002), z=1.64)
+    final = float(mpl_predict(truth, lrs, [len(lrs)])[0])
+    assert prediction.low <= final <= prediction.high
+    assert prediction.value == pytest.approx(final, rel=2e-3)
+    assert prediction.value < track.losses[-1] - 0.05  # the decay still to come is part of the prediction
+
+
+def test_rules_the_law_does_not_model_fall_back_to_the_median_rule(tmp_path: Path) -> None:
+    pruner = MPLPruner(tmp_path, fractions=(0.2,), min_completed=2, background=False)
+    budget = 1_000_000
+    decisions = {}
+    for name, rule, loss in (
+        ("a", "vsgd", 3.0),
+        ("b", "schedule_free_adamw", 3.1),
+        ("c", "armijo_sgd", 3.5),
+        ("d", "vsgd", 2.9),
+    ):
+        trial = SimpleNamespace(trial_id=name, config={"budget.compute": budget, "optimizer.name": rule})
+        pruner.on_trial_add(None, trial)
+        assert not pruner._tracks[name].modelled
+        early = pruner.on_trial_result(None, trial, {"step": 10, "compute": 0.1 * budget, "val_loss": loss + 0.5})
+        assert early == TrialScheduler.CONTINUE  # before the decision point
+        decisions[name] = pruner.on_trial_result(None, trial, {"step": 20, "compute": 0.25 * budget, "val_loss": loss})
+    # a and b: too few others to compare with; c: worse than the median of 3.0 and 3.1; d: better than 3.1.
+    assert decisions == {"a": "CONTINUE", "b": "CONTINUE", "c": "STOP", "d": "CONTINUE"}
+    assert not (tmp_path / "mpl" / "predictions.jsonl").exists()  # no law, no predictions to log
+
+
+def test_patch_trials_are_judged_on_their_token_phase() -> None:
+    settings = {"budget.compute": 2e6, "patch.K": 4, "patch.lambda": 0.5, "schedule.name": "cosine"}
+    track = TrialTrack.from_config(settings)
+    patch_steps, token_steps = TrialConfig.from_flat(settings).phase_steps
+    assert track.offset == patch_steps and len(track.planned) == token_steps
+    track.observe({"step": patch_steps - 5, "phase": "patch", "val_loss": 3.0, "compute": 1.0})
+    track.observe({"step": patch_steps + 20, "phase": "token", "val_loss": 2.9, "compute": 2.0})
+    assert track.steps == [20]
+
+
+def test_state_and_predictions_survive_a_restart(tmp_path: Path) -> None:
+    pruner = MPLPruner(tmp_path)
+    pruner._tracks["t1"] = TrialTrack(
+        1e6, 0, [1e-3] * 10, steps=[1, 2, 3], losses=[3.0, 2.9, 2.8], compute=3e4, next_decision=1, final=2.5
+    )
+    pruner._fit = MPLFit(dict(SHAPE), {}, 0.01)
+    pruner._log("t1", 3, pruner._tracks["t1"], Prediction(2.5, 2.4, 2.6), stop=False)
+    pruner._save()
+    again = MPLPruner(tmp_path)
+    again._load()
+    assert again._tracks["t1"] == pruner._tracks["t1"] and again._fit.shared == SHAPE
+    feed = PredictionFeed(tmp_path)
+    assert [line["mpl_pred_final"] for line in feed.new()] == [2.5]
+    assert feed.new() == []  # only what is new
+    pruner._log("t1", 4, pruner._tracks["t1"], Prediction(2.4, 2.3, 2.5), stop=True)
+    assert [line["stopped"] for line in feed.new()] == [True]
+
+
+def test_constructor_arguments_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"decision fractions must lie in \(0, 1\), got \(0.5, 1.2\)"):
+        MPLPruner(tmp_path, fractions=(0.5, 1.2))
+    with pytest.raises(ValueError, match="need margin >= 0"):
+        MPLPruner(tmp_path, margin=-0.1)
+
+
+def test_a_real_sweep_stops_a_bad_trial_and_keeps_a_late_decaying_one(local_ray: None, tmp_path: Path) -> None:
+    # One at a time, in this order: two good trials finish and give the sweep its decay shape; then a
+    # trial whose rate collapses to a thousandth early on, and a WSD trial whose loss drops only at the end.
+    raw = tiny_spec(
+        name="pruning",
+        output_dir=str(tmp_path / "pruning"),
+        budget={"compute": 300_000},
+        train={"eval_every": 10, "batch_size": 8, "schedule.step_frac": 0.05, "schedule.step_factor": 0.001},
+        search={"schedule.name": {"choice": ["cosine", "constant", "two_step", "wsd"]}},
+        searcher="grid",
+        scheduler={"name": "mpl", "fractions": [0.2, 0.3, 0.5, 0.7], "min_completed": 2},
+        concurrency=1,
+        trials=None,
+    )
+    spec = parse_spec(raw)
+    outcome = run_sweep(spec)
+    statuses = outcome.results.trials.set_index("config.schedule.name")["status"].to_dict()
+    assert statuses == {"cosine": "completed", "constant": "completed", "two_step": "pruned", "wsd": "completed"}
+    predictions = pd.read_json(outcome.layout.root / "mpl" / "predictions.jsonl", lines=True)
+    assert predictions["stopped"].sum() == 1
+    client = MlflowClient(outcome.record.tracking_uri)
+    record = json.loads((outcome.layout.root / "sweep.json").read_text())
+    runs = client.search_runs([record["experiment_id"]], filter_string="tags.status = 'pruned'")
+    assert len(client.get_metric_history(runs[0].info.run_id, "mpl_pred_final")) >= 1
+    artifacts = {a.path for a in client.list_artifacts(record["parent_run_id"])}
+    assert "mpl_predictions.png" in artifacts
