@@ -12,6 +12,9 @@ Three figures, each against the same work done without the part measured:
   for one ``log_metric`` call per point.
 - ``logging_slowdown``: how much longer a trial's own clock runs with the
   MLflow callback attached than without it, over alternating sweeps.
+- ``train_per_trial_overhead_s``: the same N trials as 2-worker Ray Train
+  trials (``resources: {workers: 2}``, a ``TorchTrainer`` per trial, DDP on
+  gloo) against single-worker Tune trials, per trial, one trial at a time.
 
 Run: ``.venv/bin/python benchmarks/overhead.py`` (about 4 minutes); the last
 line printed is one JSON object.
@@ -44,7 +47,7 @@ from trainables.loop import train_lm
 from trainables.trial import lm_trial
 
 
-def _spec(root: Path, name: str, trials: int, compute: float, eval_every: int = 20) -> SweepSpec:
+def _spec(root: Path, name: str, trials: int, compute: float, eval_every: int = 20, workers: int = 1) -> SweepSpec:
     return parse_spec(
         {
             "name": name,
@@ -56,6 +59,7 @@ def _spec(root: Path, name: str, trials: int, compute: float, eval_every: int = 
             "search": {"seed": {"choice": list(range(trials))}},
             "searcher": "grid",
             "concurrency": 1,
+            "resources": {"cpus": 1, "workers": workers},
         }
     )
 
@@ -78,6 +82,22 @@ def per_trial_overhead(root: Path, trials: int) -> dict[str, float]:
         "in_process_s": in_process,
         "sweep_s": sweep,
         "per_trial_overhead_s": (sweep - in_process) / trials,
+    }
+
+
+def train_per_trial_overhead(root: Path, trials: int) -> dict[str, float]:
+    seconds = {}
+    for workers in (1, 2):
+        spec = _spec(root, f"train-overhead-{workers}", trials, compute=40960, workers=workers)
+        started = time.perf_counter()
+        outcome = run_sweep(spec)
+        seconds[workers] = time.perf_counter() - started
+        assert outcome.results.counts()["completed"] == trials
+    return {
+        "train_trials": trials,
+        "single_worker_sweep_s": seconds[1],
+        "train_two_worker_sweep_s": seconds[2],
+        "train_per_trial_overhead_s": (seconds[2] - seconds[1]) / trials,
     }
 
 
@@ -147,6 +167,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=4, help="alternating sweeps for the slowdown figure")
+    parser.add_argument("--only-train", action="store_true", help="measure the Ray Train path only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -154,6 +175,12 @@ def main() -> None:
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
         ray_init_s = time.perf_counter() - started
         result: dict[str, Any] = {"ray_init_s": ray_init_s}
+        result.update(train_per_trial_overhead(root, args.trials))
+        print(f"Ray Train per-trial overhead: {result['train_per_trial_overhead_s']:.3f} s", file=sys.stderr)
+        if args.only_train:
+            ray.shutdown()
+            print(json.dumps(result))
+            return
         result.update(per_trial_overhead(root, args.trials))
         print(f"per-trial overhead: {result['per_trial_overhead_s']:.3f} s", file=sys.stderr)
         result.update(mlflow_throughput(root, points=20_000, single_points=1_000))

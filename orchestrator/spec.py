@@ -28,7 +28,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from orchestrator.mpl import CurveError, read_law
 from search_spaces.build import DISTRIBUTIONS, Knob, combinations
-from trainables.config import SWEEP_LEVEL_SECTIONS, BudgetConfig, TrialConfig, TrialField, flatten, trial_fields
+from trainables.config import (
+    SELF_RATED,
+    SWEEP_LEVEL_SECTIONS,
+    BudgetConfig,
+    OptimizerConfig,
+    TrialConfig,
+    TrialField,
+    flatten,
+    trial_fields,
+)
 from trainables.corpus import CorpusError, CorpusFormat, resolve_corpus
 from trainables.data import SelectionPlan
 from trainables.embeddings import EmbeddingConfig
@@ -98,7 +107,14 @@ class SchedulerSection(_Section):
 
 
 class ResourcesSection(_Section):
-    cpus: float = Field(1.0, gt=0, description="CPUs reserved per trial")
+    cpus: float = Field(1.0, gt=0, description="CPUs reserved per trial (per worker with several workers)")
+    workers: int = Field(1, ge=1, description="data-parallel workers per trial; more than one runs under Ray Train")
+    gpus: float = Field(0.0, ge=0, description="GPUs per worker; any runs the trial under Ray Train")
+
+    @property
+    def distributed(self) -> bool:
+        """Whether trials run under a Ray Train ``TorchTrainer`` rather than as plain Tune functions."""
+        return self.workers > 1 or self.gpus > 0
 
 
 class TrackingSection(_Section):
@@ -243,6 +259,8 @@ def parse_spec(raw: Any, source: str = "") -> SweepSpec:
     if model is not None and budget is not None:
         base = _fixed_config(model, budget, train, {k.name for k in knobs})
         _check_knob_values(knobs, base, problems)
+        if resources is not None and resources.workers > 1:
+            _check_workers(resources.workers, knobs, base, problems)
         # Combinations are only worth checking once every single value is fine.
         if not problems:
             _check_combinations(knobs, base, problems)
@@ -558,6 +576,22 @@ def _check_knob_values(knobs: list[Knob], base: Mapping[str, Any], problems: lis
             for key, message in _trial_problems({**base, knob.name: value}):
                 if key == knob.name:
                     problems.append(f"search.{knob.name}: {message}")
+
+
+def _check_workers(workers: int, knobs: list[Knob], base: Mapping[str, Any], problems: list[str]) -> None:
+    """Every trial must split its batch evenly, and use a rule whose step does not depend on the worker's rows."""
+    possible = {k.name: (k.extremes(), f"search.{k.name}") for k in knobs}
+    defaults = {"optimizer.name": OptimizerConfig().name, "batch_size": TrialConfig.model_fields["batch_size"].default}
+    fixed = {**defaults, **base}
+    for key in ("optimizer.name", "batch_size"):
+        possible.setdefault(key, ((fixed[key],), _fixed_path(key)))
+    values, where = possible["optimizer.name"]
+    for rule in sorted(set(values) & set(SELF_RATED)):
+        problems.append(f"{where}: {rule} chooses its rate from the loss and runs on one worker, not {workers}")
+    values, where = possible["batch_size"]
+    for size in values:
+        if int(size) % workers:
+            problems.append(f"{where}: batch size {size} does not divide among resources.workers ({workers})")
 
 
 def _fixed_path(key: str) -> str:

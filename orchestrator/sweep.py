@@ -14,6 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import ray
 from mlflow.tracking import MlflowClient
@@ -39,7 +40,7 @@ from orchestrator.tracking import (
 from trainables.data import SweepData, prepare_sweep_data
 from trainables.loop import OBJECTIVE
 from trainables.selection import Progress
-from trainables.trial import lm_trial
+from trainables.trial import lm_trial, lm_trial_distributed
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class SweepOutcome:
 
 
 TRIAL_RETRIES = 2
+DRIVER_MEMORY = 256 * 2**20
 
 
 def cache_dir() -> Path:
@@ -158,8 +160,31 @@ def connect_ray(address: str | None) -> None:
         ray.init(address=address, logging_level=logging.WARNING)
 
 
+def _trainable(spec: SweepSpec, layout: SweepLayout, data: SweepData) -> Any:
+    """A plain Tune function for one-worker CPU trials; a driver of a Ray Train ``TorchTrainer`` otherwise."""
+    resources = spec.resources
+    if not resources.distributed:
+        return tune.with_resources(tune.with_parameters(lm_trial, data=data), {"cpu": resources.cpus})
+    driver = tune.with_parameters(
+        lm_trial_distributed, data=[ray.put(data)], workers=resources.workers, cpus=resources.cpus,
+        gpus=resources.gpus, storage=str(layout.tune_dir / "train"),
+    )  # fmt: skip
+    # The trainer reserves its workers' CPUs and GPUs; the driver only waits for them, so it asks for
+    # memory alone (Tune refuses an empty request, and a sliver of CPU would leave a 1-CPU node unable
+    # to take a worker).
+    return tune.with_resources(driver, {"memory": DRIVER_MEMORY})
+
+
+def _concurrency(spec: SweepSpec) -> int | None:
+    """The spec's, else (for Ray Train trials, whose drivers hold nothing) as many as the cluster's CPUs fit."""
+    if spec.concurrency is not None or not spec.resources.distributed:
+        return spec.concurrency
+    per_trial = spec.resources.workers * spec.resources.cpus
+    return max(1, int(ray.cluster_resources().get("CPU", per_trial) // per_trial))
+
+
 def _tuner(spec: SweepSpec, layout: SweepLayout, data: SweepData) -> tune.Tuner:
-    trainable = tune.with_resources(tune.with_parameters(lm_trial, data=data), {"cpu": spec.resources.cpus})
+    trainable = _trainable(spec, layout, data)
     experiment = layout.tune_dir / spec.name
     if tune.Tuner.can_restore(experiment):
         return tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
@@ -172,7 +197,7 @@ def _tuner(spec: SweepSpec, layout: SweepLayout, data: SweepData) -> tune.Tuner:
             search_alg=build_searcher(spec),
             scheduler=build_scheduler(spec, layout.root),
             num_samples=spec.trials,
-            max_concurrent_trials=spec.concurrency,
+            max_concurrent_trials=_concurrency(spec),
             # Every trial of a sweep asks for the same resources, so a finished trial's worker
             # (torch imported, data mapped) can take the next one instead of a fresh process.
             reuse_actors=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,6 +13,13 @@ from typing import Any
 
 import pytest
 import yaml
+
+# Token authentication on, as Ray 2.60 sets it up for new clusters, with one token for every Ray
+# the session starts (the local one, the multi-node cluster) and every process it runs. Set before
+# anything imports ray: a process reads its auth mode once.
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
 
 REPO = Path(__file__).resolve().parent.parent
 # The installed console script, as a user runs it.

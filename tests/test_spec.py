@@ -98,6 +98,14 @@ BAD_SPECS = {
     "missing corpus file": (_with("data", {"corpus": "no/such/corpus.txt"}), "data.corpus: no such file"),
     "unknown bundled corpus": (_with("data", {"corpus": "gensim:nope"}), "data.corpus: gensim:nope: no such bundled"),
     "missing budget": (tiny_spec(budget=None), "budget: required section is missing"),
+    "self-rated rule on two workers": (
+        tiny_spec(resources={"workers": 2}, search={"optimizer.name": {"choice": ["adamw", "vsgd"]}}),
+        "search.optimizer.name: vsgd chooses its rate from the loss and runs on one worker, not 2",
+    ),
+    "batch not divisible among workers": (
+        tiny_spec(resources={"workers": 3}),
+        "search.batch_size: batch size 8 does not divide among resources.workers (3)",
+    ),
     "negative budget": (_with("budget", {"compute": -5}), "budget.compute: Input should be greater than 0"),
     "heads do not divide": (_with("model", {"size": "tiny", "n_head": 3}), "model: d_model (64) must be divisible"),
     "unknown searcher": (_with("searcher", "bayes"), "searcher.name: Input should be 'random', 'grid' or 'tpe'"),

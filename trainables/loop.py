@@ -26,11 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainables.config import TrialConfig
+from trainables.config import SELF_RATED, TrialConfig
 from trainables.data import SweepData
 from trainables.model import GPT
 from trainables.optimizers import build_step_rule
 from trainables.patch import PatchBatcher, patch_loss
+from trainables.workers import Workers
+
+ALONE = Workers()
 
 REPORTED_METRICS = ("step", "tokens", "compute", "train_loss", "val_loss", "lr", "lr_sum", "wall_s", "patch_phase")
 # Reported values that are labels, not numbers.
@@ -50,23 +53,26 @@ class TrainOutcome:
     final_val_loss: float | None
 
 
-def evaluate(model: GPT, windows: torch.Tensor, batch_size: int = 64) -> float:
-    """Mean token-level cross-entropy over validation windows of ``seq_len + 1`` tokens."""
+def evaluate(model: GPT, windows: torch.Tensor, batch_size: int = 64, workers: Workers = ALONE) -> float:
+    """Mean token-level cross-entropy over validation windows of ``seq_len + 1`` tokens (shared by workers)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for chunk in windows.split(batch_size):
+        for chunk in workers.shard(windows).split(batch_size):
             logits = model(chunk[:, :-1])
             total += torch.nn.functional.cross_entropy(
                 logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum"
             ).item()
             count += chunk[:, 1:].numel()
     model.train(was_training)
+    total, count = workers.sum(total, count)
     return total / count
 
 
-def train_lm(cfg: TrialConfig, data: SweepData, report: Report, device: str = "cpu") -> TrainOutcome:
+def train_lm(
+    cfg: TrialConfig, data: SweepData, report: Report, device: str = "cpu", workers: Workers = ALONE
+) -> TrainOutcome:
     """Train a fresh model to the trial's compute budget, reporting as it goes.
 
     A trial with patch training (``patch.K`` > 1) runs two phases: patches
@@ -76,11 +82,16 @@ def train_lm(cfg: TrialConfig, data: SweepData, report: Report, device: str = "c
     Each phase runs until its compute is spent: the planned number of steps
     for rules that follow a schedule, as many as fit for rules whose steps
     cost more (a line search's extra forward passes, vSGD's second gradient).
+
+    With several ``workers`` each trains on its rows of the same global batch
+    (``trainables.workers``); every worker reports the same numbers.
     """
+    _check_workers(cfg, workers)
     documents = data.training_documents(cfg.selection)
-    first_report = data.selection_metrics(documents)
+    first_report = {**data.selection_metrics(documents), "workers": float(workers.world_size)}
     torch.manual_seed(cfg.seed)
     model = GPT(cfg.model).to(device)
+    workers.average_gradients(model)
     lrs, momenta = cfg.planned_lrs(), cfg.planned_momenta()
     k, step_compute = cfg.patch.K, cfg.tokens_per_step
     batcher = PatchBatcher(
@@ -105,12 +116,13 @@ def train_lm(cfg: TrialConfig, data: SweepData, report: Report, device: str = "c
         spent = 0.0
         while _fits(spent, rule.min_cost * step_compute, budget):
             step += 1
-            window = (batcher.patch_batch() if patched else batcher.token_batch()).to(device)
+            window = workers.shard(batcher.patch_batch() if patched else batcher.token_batch()).to(device)
             loss_value, lr, cost = rule.step(
                 _loss_fn(model, window, k if patched else 1),
                 float(lrs[step - 1]) if lrs is not None else cfg.peak_lr,
                 float(momenta[step - 1]) if momenta is not None else None,
             )
+            loss_value = workers.mean(loss_value)
             spent += cost * step_compute
             compute += cost * step_compute
             tokens += batcher.tokens_per_patch_batch if patched else batcher.tokens_per_token_batch
@@ -134,7 +146,7 @@ def train_lm(cfg: TrialConfig, data: SweepData, report: Report, device: str = "c
             if step % cfg.eval_every and not phase_done:
                 continue
             rule.eval()
-            val_loss = evaluate(model, val_windows)
+            val_loss = evaluate(model, val_windows, workers=workers)
             rule.train()
             metrics = {
                 **progress,
@@ -150,6 +162,18 @@ def train_lm(cfg: TrialConfig, data: SweepData, report: Report, device: str = "c
                 metrics[OBJECTIVE] = val_loss
             send(metrics)
     return TrainOutcome("completed", step, val_loss)
+
+
+def _check_workers(cfg: TrialConfig, workers: Workers) -> None:
+    if not workers.distributed:
+        return
+    if cfg.optimizer.name in SELF_RATED:
+        raise ValueError(
+            f"optimizer.name {cfg.optimizer.name} chooses its rate from the loss and runs on one worker only; "
+            f"got {workers.world_size} workers"
+        )
+    if cfg.batch_size % workers.world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} must divide evenly among {workers.world_size} workers")
 
 
 def _fits(spent: float, cost: float, budget: float) -> bool:

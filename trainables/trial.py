@@ -1,16 +1,20 @@
-"""The Tune trainable: one trial of a sweep, run inside a Ray worker."""
+"""The Tune trainables: one trial of a sweep, on one worker or under Ray Train on several."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import ray
+import ray.train
 import torch
 from ray import tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from trainables.config import TrialConfig
 from trainables.data import SweepData
 from trainables.loop import train_lm
+from trainables.workers import Workers
 
 
 def lm_trial(config: dict[str, Any], data: SweepData) -> None:
@@ -19,3 +23,41 @@ def lm_trial(config: dict[str, Any], data: SweepData) -> None:
     # One intra-op thread per reserved CPU, so concurrent trials do not oversubscribe the node.
     torch.set_num_threads(max(1, int(cpus)))
     train_lm(TrialConfig.from_flat(config), data, report=tune.report)
+
+
+def lm_trial_distributed(
+    config: dict[str, Any], data: list[ray.ObjectRef], workers: int, cpus: float, gpus: float, storage: str
+) -> None:
+    """A Tune driver for one trial trained by ``workers`` Ray Train workers (DDP: gloo on CPU, NCCL on GPU).
+
+    The driver itself holds no resources; the trainer reserves its workers
+    together. ``data`` is a one-element list so that the sweep's data stays a
+    reference until each worker fetches it from the object store. The
+    trainer's reports reach Tune through ``TuneReportCallback``, rank 0's
+    (every worker reports the same numbers).
+    """
+    trial_id = tune.get_context().get_trial_id()
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"config": config, "data": data, "cpus": cpus},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers,
+            use_gpu=gpus > 0,
+            resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"train-{trial_id}", storage_path=storage, callbacks=[TuneReportCallback()]
+        ),
+    )
+    trainer.fit()
+
+
+def _train_worker(loop_config: dict[str, Any]) -> None:
+    context = ray.train.get_context()
+    torch.set_num_threads(max(1, int(loop_config["cpus"])))
+    data = ray.get(loop_config["data"][0])
+    device = ray.train.torch.get_device()
+    workers = Workers(context.get_world_rank(), context.get_world_size())
+    train_lm(
+        TrialConfig.from_flat(loop_config["config"]), data, report=ray.train.report, device=device, workers=workers
+    )

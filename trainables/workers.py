@@ -1,0 +1,70 @@
+"""Data-parallel training: one global batch split by rows across workers, gradients averaged.
+
+Every worker draws the same global batch (the batcher is seeded alike) and
+trains on its rows, ``rank::world_size``; a hook averages each gradient over
+the workers as soon as backward has accumulated it, so every worker takes
+the step one worker would take on the whole batch, whatever path the loss
+takes through the model (``patch_loss`` reaches past ``forward``, which a
+``DistributedDataParallel`` wrapper would not see). Losses and evaluation
+sums are reduced the same way, so a trial reports the same numbers on any
+number of workers, up to the order of floating-point sums.
+
+Step rules that choose their own rate from the loss (``SELF_RATED``) would
+choose differently on each worker's rows: they run on one worker only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Workers:
+    """This process's place among the trial's workers (rank 0 of 1 when training alone).
+
+    Example:
+        >>> Workers(rank=1, world_size=2).shard(torch.arange(6).view(6, 1)).flatten().tolist()
+        [1, 3, 5]
+    """
+
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank must lie in [0, world_size), got rank {self.rank} of {self.world_size}")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def shard(self, batch: torch.Tensor) -> torch.Tensor:
+        """This worker's rows of a global batch."""
+        return batch[self.rank :: self.world_size] if self.distributed else batch
+
+    def average_gradients(self, model: nn.Module) -> None:
+        """From now on, every backward leaves each gradient averaged over the workers."""
+        if not self.distributed:
+            return
+        for param in model.parameters():
+            if param.requires_grad:
+                param.register_post_accumulate_grad_hook(self._average)
+
+    def _average(self, param: torch.Tensor) -> None:
+        dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+        param.grad.div_(self.world_size)
+
+    def sum(self, *values: float) -> list[float]:
+        """Each value summed over the workers."""
+        if not self.distributed:
+            return list(values)
+        totals = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+        return totals.tolist()
+
+    def mean(self, value: float) -> float:
+        return self.sum(value)[0] / self.world_size
