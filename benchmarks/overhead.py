@@ -39,7 +39,7 @@ from ray import tune
 
 from orchestrator.searchers import METRIC, MODE, GridSearcher
 from orchestrator.spec import SweepSpec, parse_spec
-from orchestrator.sweep import prepare_data, run_sweep
+from orchestrator.sweep import SWEEP_ENV, prepare_data, run_sweep
 from orchestrator.tracking import MetricBatcher
 from search_spaces.build import grid_points
 from trainables.config import TrialConfig
@@ -172,7 +172,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         started = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, runtime_env={"env_vars": SWEEP_ENV})
         ray_init_s = time.perf_counter() - started
         result: dict[str, Any] = {"ray_init_s": ray_init_s}
         result.update(train_per_trial_overhead(root, args.trials))

@@ -6,7 +6,10 @@ planned learning rates: L0 and A are fitted to the trial alone (a closed-form
 weighted least-squares fit), the decay shape (alpha, B, C, beta, gamma) is
 shared by the sweep and refitted, in a separate process, on every trial's
 curve whenever a trial completes. The prediction comes with an interval
-(the fit's standard error and the shared fit's model error, times ``z``).
+(the fit's standard error and the shared fit's model error, times ``z``, and
+at least the largest relative error made predicting the completed trials
+from their curves at the same share of their compute: early in a run the
+law's extrapolation is worse than its fit says).
 A trial is stopped when even its optimistic prediction is worse, by
 ``margin``, than the best pessimistic one: a completed trial's actual final
 loss, or a running trial's upper bound.
@@ -79,6 +82,7 @@ class TrialTrack:
     modelled: bool = True  # whether the law predicts it (see the module docstring)
     steps: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    computes: list[float] = field(default_factory=list)  # the trial's compute at each of ``steps``
     compute: float = 0.0
     next_decision: int = 0
     final: float | None = None
@@ -107,6 +111,7 @@ class TrialTrack:
         if step >= 1 and (not self.steps or step > self.steps[-1]):
             self.steps.append(step)
             self.losses.append(float(loss))
+            self.computes.append(self.compute)
 
     def schedule(self) -> np.ndarray:
         """Planned per-step rates of the judged phase (only trials the law models have them)."""
@@ -114,13 +119,25 @@ class TrialTrack:
             raise ValueError("a trial whose rule chooses its own rate has no planned schedule")
         return np.asarray(self.planned)
 
+    def until(self, compute: float) -> TrialTrack:
+        """The track as it stood when the trial had spent ``compute``."""
+        seen = sum(c <= compute for c in self.computes)
+        return TrialTrack(
+            self.budget, self.offset, self.planned, self.modelled, self.steps[:seen], self.losses[:seen],
+            self.computes[:seen], compute,
+        )  # fmt: skip
+
     def curve(self, name: str) -> Curve:
         lrs = self.schedule()
         return Curve(name, lrs[: self.steps[-1]], np.asarray(self.steps), np.asarray(self.losses))
 
 
-def predict_final(track: TrialTrack, fit: MPLFit, z: float) -> Prediction | None:
-    """The trial's final loss with an interval, L0 and A fitted to its curve, the rest from ``fit``."""
+def predict_final(track: TrialTrack, fit: MPLFit, z: float, min_relative_error: float = 0.0) -> Prediction | None:
+    """The trial's final loss with an interval, L0 and A fitted to its curve, the rest from ``fit``.
+
+    The interval's half-width is ``z`` standard errors, and at least
+    ``min_relative_error`` of the prediction (``calibrate`` measures it).
+    """
     if len(track.steps) < 3:
         return None
     lrs = track.schedule()
@@ -140,12 +157,35 @@ def predict_final(track: TrialTrack, fit: MPLFit, z: float) -> Prediction | None
     at_end = np.array([1.0, power[-1]])
     value = float(at_end @ coef - decay[-1])
     spread = math.sqrt(max(float(at_end @ covariance @ at_end), 0.0) + (fit.relative_rmse * value) ** 2)
-    return Prediction(value, value - z * spread, value + z * spread)
+    half = max(z * spread, min_relative_error * value)
+    return Prediction(value, value - half, value + half)
 
 
-def _refit(curves: list[Curve], prior: dict[str, Any] | None) -> dict[str, Any]:
-    """The shared fit, run in a separate process (so a picklable, top-level function)."""
-    return fit_mpl(curves, per_curve=True, prior=MPLFit.from_json(prior) if prior else None).to_json()
+def calibrate(tracks: list[TrialTrack], fit: MPLFit, fractions: tuple[float, ...]) -> list[float]:
+    """Per decision point, the largest relative error of predicting completed trials from their curve so far.
+
+    The law describes a run's middle and end better than its start (a fresh
+    model's loss first falls faster than any power law), so a prediction
+    made early can be off by more than its standard error says; the trials
+    that have finished show by how much, in this sweep.
+    """
+    errors = []
+    for fraction in fractions:
+        worst = 0.0
+        for track in tracks:
+            early = predict_final(track.until(fraction * track.budget), fit, z=0.0)
+            if early is not None:
+                worst = max(worst, abs(early.value - track.final) / track.final)
+        errors.append(worst)
+    return errors
+
+
+def _refit(
+    curves: list[Curve], prior: dict[str, Any] | None, finished: list[TrialTrack], fractions: tuple[float, ...]
+) -> dict[str, Any]:
+    """The shared fit and its calibration, run in a separate process (so a picklable, top-level function)."""
+    fit = fit_mpl(curves, per_curve=True, prior=MPLFit.from_json(prior) if prior else None)
+    return {"fit": fit.to_json(), "calibration": calibrate(finished, fit, fractions)}
 
 
 class MPLPruner(FIFOScheduler):
@@ -182,11 +222,12 @@ class MPLPruner(FIFOScheduler):
     def _reset(self) -> None:
         self._tracks: dict[str, TrialTrack] = {}
         self._fit: MPLFit | None = None
+        self._calibration: list[float] = []
         self._pending: Future | None = None
         self._pool: ProcessPoolExecutor | None = None
         self._loaded = False
 
-    _LIVE = ("_tracks", "_fit", "_pending", "_pool", "_loaded")
+    _LIVE = ("_tracks", "_fit", "_calibration", "_pending", "_pool", "_loaded")
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles schedulers into its experiment checkpoint; the live parts are rebuilt.
@@ -252,7 +293,8 @@ class MPLPruner(FIFOScheduler):
     def _decide(self, trial_id: str, track: TrialTrack, step: int) -> str:
         if self._fit is None:
             return TrialScheduler.CONTINUE
-        prediction = predict_final(track, self._fit, self.z)
+        calibration = self._calibration[track.next_decision - 1] if self._calibration else 0.0
+        prediction = predict_final(track, self._fit, self.z, calibration)
         if prediction is None:
             return TrialScheduler.CONTINUE
         track.last = prediction
@@ -290,18 +332,23 @@ class MPLPruner(FIFOScheduler):
         if completed < self.min_completed or (self._pending is not None and not self._pending.done()):
             return
         curves = [t.curve(tid) for tid, t in self._tracks.items() if t.modelled and len(t.steps) >= 3]
+        finished = [t for t in self._tracks.values() if t.modelled and t.final is not None]
         prior = self._fit.to_json() if self._fit else None
         if not self.background:  # deterministic, for replays and tests: the fit lands before the next decision
-            self._fit = MPLFit.from_json(_refit(curves, prior))
+            self._take(_refit(curves, prior, finished, self.fractions))
             return
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        self._pending = self._pool.submit(_refit, curves, prior)
+        self._pending = self._pool.submit(_refit, curves, prior, finished, self.fractions)
 
     def _collect_fit(self) -> None:
         if self._pending is not None and self._pending.done():
-            self._fit = MPLFit.from_json(self._pending.result())
+            self._take(self._pending.result())
             self._pending = None
+
+    def _take(self, refit: dict[str, Any]) -> None:
+        self._fit = MPLFit.from_json(refit["fit"])
+        self._calibration = refit["calibration"]
 
     def wait_for_fit(self, timeout: float | None = None) -> None:
         """Block until a pending shared fit lands (for tests and benchmarks, not Tune's loop)."""
@@ -316,6 +363,7 @@ class MPLPruner(FIFOScheduler):
         state = {
             "tracks": {tid: asdict(t) for tid, t in self._tracks.items()},
             "fit": self._fit.to_json() if self._fit else None,
+            "calibration": self._calibration,
         }
         partial = self.folder / "state.json.tmp"
         partial.write_text(json.dumps(state))
@@ -333,6 +381,7 @@ class MPLPruner(FIFOScheduler):
             last = raw.pop("last")
             self._tracks[tid] = TrialTrack(**raw, last=Prediction(**last) if last else None)
         self._fit = MPLFit.from_json(state["fit"]) if state["fit"] else None
+        self._calibration = state.get("calibration", [])
 
 
 def read_predictions(sweep_dir: Path) -> pd.DataFrame:

@@ -12,7 +12,15 @@ from mlflow.tracking import MlflowClient
 from ray.tune.schedulers import TrialScheduler
 
 from orchestrator.mpl import MPLFit
-from orchestrator.pruning import MPLPruner, Prediction, PredictionFeed, TrialTrack, predict_final, should_stop
+from orchestrator.pruning import (
+    MPLPruner,
+    Prediction,
+    PredictionFeed,
+    TrialTrack,
+    calibrate,
+    predict_final,
+    should_stop,
+)
 from orchestrator.spec import parse_spec
 from orchestrator.sweep import run_sweep
 from tests.conftest import tiny_spec
@@ -41,6 +49,23 @@ def test_a_trial_following_the_law_is_predicted_within_its_interval() -> None:
     assert prediction.low <= final <= prediction.high
     assert prediction.value == pytest.approx(final, rel=2e-3)
     assert prediction.value < track.losses[-1] - 0.05  # the decay still to come is part of the prediction
+
+
+def test_calibration_widens_early_intervals_by_the_errors_seen_on_finished_trials() -> None:
+    cfg = TrialConfig.from_flat({"budget.compute": 3000 * 2048, "batch_size": 16, "schedule.name": "wsd"})
+    lrs = cfg.planned_lrs()
+    truth = MPLParams(L0=2.0, A=0.6, **SHAPE)
+    track = TrialTrack.from_config(cfg.to_flat())
+    for step in range(100, 3001, 100):
+        loss = float(mpl_predict(truth, lrs, [step])[0]) + (0.3 if step <= 300 else 0.0)  # a transient early on
+        track.observe({"step": step, "compute": step * 2048, "val_loss": loss})
+    track.final = track.losses[-1]
+    fit = MPLFit(dict(SHAPE), {}, 0.002)
+    early, late = calibrate([track], fit, (0.1, 0.5))
+    assert early > 0.02 and late < early  # the transient misleads the early prediction, not the later one
+    narrow = predict_final(track.until(0.1 * track.budget), fit, z=1.64)
+    wide = predict_final(track.until(0.1 * track.budget), fit, z=1.64, min_relative_error=early)
+    assert wide.high - wide.low >= 2 * early * wide.value * 0.999 > narrow.high - narrow.low
 
 
 def test_rules_the_law_does_not_model_fall_back_to_the_median_rule(tmp_path: Path) -> None:
@@ -80,11 +105,13 @@ def test_state_and_predictions_survive_a_restart(tmp_path: Path) -> None:
         1e6, 0, [1e-3] * 10, steps=[1, 2, 3], losses=[3.0, 2.9, 2.8], compute=3e4, next_decision=1, final=2.5
     )
     pruner._fit = MPLFit(dict(SHAPE), {}, 0.01)
+    pruner._calibration = [0.05, 0.02]
     pruner._log("t1", 3, pruner._tracks["t1"], Prediction(2.5, 2.4, 2.6), stop=False)
     pruner._save()
     again = MPLPruner(tmp_path)
     again._load()
     assert again._tracks["t1"] == pruner._tracks["t1"] and again._fit.shared == SHAPE
+    assert again._calibration == [0.05, 0.02]
     feed = PredictionFeed(tmp_path)
     assert [line["mpl_pred_final"] for line in feed.new()] == [2.5]
     assert feed.new() == []  # only what is new
