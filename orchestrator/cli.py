@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         "--tracking-uri",
         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, the spec, or SQLite in the sweep directory)",
     )
+    run.add_argument("--storage", help="trials' results and checkpoints: a shared path or s3://BUCKET/PATH")
     run.add_argument("--quiet", action="store_true", help="no line per trial event, only the summary")
     run.set_defaults(command=_run)
 
@@ -73,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         "--output", help="sweep directory every node sees (shared filesystem) (default: the spec's output_dir)"
     )
     submit.add_argument("--tracking-uri", help="MLflow tracking URI for the job (default: MLFLOW_TRACKING_URI here)")
+    submit.add_argument("--storage", help="trials' results and checkpoints: a shared path or s3://BUCKET/PATH")
     submit.add_argument("--name", help="job id to use (default: Ray chooses one)")
     submit.add_argument("--wait", action="store_true", help="follow the job's log until it finishes")
     submit.set_defaults(command=_submit)
@@ -167,6 +169,8 @@ def _load(args: argparse.Namespace) -> SweepSpec:
     spec = load_spec(args.spec)
     if getattr(args, "output", None):
         spec = dataclasses.replace(spec, output_dir=args.output)
+    if getattr(args, "storage", None):
+        spec = dataclasses.replace(spec, storage=args.storage)
     return spec
 
 
@@ -178,8 +182,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _submit(args: argparse.Namespace) -> int:
     client, job_id = submit_sweep(
-        args.spec, args.address, output=args.output, tracking_uri=args.tracking_uri, name=args.name
-    )
+        args.spec, args.address, output=args.output, tracking_uri=args.tracking_uri, storage=args.storage,
+        name=args.name,
+    )  # fmt: skip
     print(f"Submitted job {job_id} to {args.address}")
     print(f"Follow it: effsweep jobs logs {job_id} --follow --address {args.address}")
     if not args.wait:
@@ -222,7 +227,7 @@ def _resume(args: argparse.Namespace) -> int:
         raise SweepDirError(
             f"{args.dir}: not a sweep directory (no sweep.json and spec.yaml); start it with effsweep run"
         )
-    spec = dataclasses.replace(load_spec(layout.spec_file), output_dir=layout.root)
+    spec = dataclasses.replace(load_spec(layout.spec_file), output_dir=layout.root, storage=record.storage)
     return _sweep(spec, args, args.tracking_uri or record.tracking_uri)
 
 

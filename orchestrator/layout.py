@@ -67,6 +67,7 @@ class SweepRecord:
     experiment_id: str
     parent_run_id: str
     knobs: list[str] = field(default_factory=list)
+    storage: str | None = None  # where Tune's experiment lives, when not in the sweep directory
 
     def save(self, layout: SweepLayout) -> None:
         partial = layout.record_file.with_suffix(f".{os.getpid()}.tmp")

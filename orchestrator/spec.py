@@ -125,6 +125,7 @@ class TrackingSection(_Section):
 class _TopLevel(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     output_dir: str | None = None
+    storage: str | None = None
     trials: int | None = Field(None, ge=1)
     concurrency: Literal["auto"] | int = "auto"
     data: Any = None
@@ -156,6 +157,7 @@ class SweepSpec:
     resources: ResourcesSection
     tracking: TrackingSection
     source: str
+    storage: str | None = None  # trials' results and checkpoints (orchestrator.storage); None: DIR/tune
 
     def selection_plan(self) -> SelectionPlan:
         """The orders this sweep's trials can draw from, prepared once before any trial runs."""
@@ -270,7 +272,7 @@ def parse_spec(raw: Any, source: str = "") -> SweepSpec:
     output_dir = Path(top.output_dir) if top.output_dir else Path("sweeps") / top.name
     return SweepSpec(
         top.name, output_dir, data, model, budget, train, tuple(knobs), searcher, scheduler, trials,
-        concurrency, resources, tracking, source,
+        concurrency, resources, tracking, source, top.storage,
     )  # fmt: skip
 
 

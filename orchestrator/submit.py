@@ -46,6 +46,7 @@ def submit_sweep(
     *,
     output: str | None = None,
     tracking_uri: str | None = None,
+    storage: str | None = None,
     name: str | None = None,
 ) -> tuple[JobSubmissionClient, str]:
     """Submit the sweep in ``spec_path`` to the cluster at ``address``; returns the client and the job id."""
@@ -54,6 +55,8 @@ def submit_sweep(
     command = ["effsweep", "run", "-", "--quiet", "--output", target]
     if tracking_uri:
         command += ["--tracking-uri", tracking_uri]
+    if storage:
+        command += ["--storage", storage]
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     env[SPEC_ENV] = spec.source
     client = JobSubmissionClient(address)

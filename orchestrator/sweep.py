@@ -29,6 +29,7 @@ from orchestrator.schedulers import build_scheduler
 from orchestrator.searchers import METRIC, MODE, build_searcher
 from orchestrator.selection_view import SelectionPictures
 from orchestrator.spec import SweepSpec
+from orchestrator.storage import TrialStorage, check_shared
 from orchestrator.tracking import (
     MlflowTrialCallback,
     child_runs,
@@ -98,6 +99,7 @@ def run_sweep(
             f"{layout.root} already holds sweep '{previous.name}' run from a different spec; "
             "choose another output directory (--output) or remove that one"
         )
+    storage = TrialStorage.resolve(spec.storage, layout.tune_dir)
     # Reading the corpus can fail on bad input: do it before anything is written.
     data = prepare_data(spec, progress)
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -119,14 +121,17 @@ def run_sweep(
         tags={"effsweep.spec_hash": spec.spec_hash(), "effsweep.output_dir": str(layout.root)},
         previous_run_id=previous.parent_run_id if previous and previous.tracking_uri == uri else None,
     )
-    record = SweepRecord(spec.name, spec.spec_hash(), uri, experiment_id, parent_run_id, [k.name for k in spec.knobs])
+    record = SweepRecord(
+        spec.name, spec.spec_hash(), uri, experiment_id, parent_run_id, [k.name for k in spec.knobs], spec.storage
+    )
     record.save(layout)
     client.log_artifact(parent_run_id, str(layout.spec_file))
 
     connect_ray(address)
+    check_shared(storage)
     started = time.monotonic()
     try:
-        grid = _tuner(spec, layout, data).fit()
+        grid = _tuner(spec, layout, storage, data).fit()
     except BaseException:
         client.set_terminated(parent_run_id, status="KILLED")
         raise
@@ -166,14 +171,14 @@ def connect_ray(address: str | None) -> None:
         ray.init(address=address, runtime_env={"env_vars": SWEEP_ENV}, logging_level=logging.WARNING)
 
 
-def _trainable(spec: SweepSpec, layout: SweepLayout, data: SweepData) -> Any:
+def _trainable(spec: SweepSpec, storage: TrialStorage, data: SweepData) -> Any:
     """A plain Tune function for one-worker CPU trials; a driver of a Ray Train ``TorchTrainer`` otherwise."""
     resources = spec.resources
     if not resources.distributed:
         return tune.with_resources(tune.with_parameters(lm_trial, data=data), {"cpu": resources.cpus})
     driver = tune.with_parameters(
         lm_trial_distributed, data=[ray.put(data)], workers=resources.workers, cpus=resources.cpus,
-        gpus=resources.gpus, storage=str(layout.tune_dir / "train"),
+        gpus=resources.gpus, storage=storage.joined("train"), filesystem=storage.filesystem,
     )  # fmt: skip
     # The trainer reserves its workers' CPUs and GPUs; the driver only waits for them, so it asks for
     # memory alone (Tune refuses an empty request, and a sliver of CPU would leave a 1-CPU node unable
@@ -189,11 +194,14 @@ def _concurrency(spec: SweepSpec) -> int | None:
     return max(1, int(ray.cluster_resources().get("CPU", per_trial) // per_trial))
 
 
-def _tuner(spec: SweepSpec, layout: SweepLayout, data: SweepData) -> tune.Tuner:
-    trainable = _trainable(spec, layout, data)
-    experiment = layout.tune_dir / spec.name
-    if tune.Tuner.can_restore(experiment):
-        return tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
+def _tuner(spec: SweepSpec, layout: SweepLayout, storage: TrialStorage, data: SweepData) -> tune.Tuner:
+    trainable = _trainable(spec, storage, data)
+    experiment = storage.joined(spec.name)
+    if tune.Tuner.can_restore(experiment, storage_filesystem=storage.filesystem):
+        return tune.Tuner.restore(
+            experiment, trainable, resume_unfinished=True, resume_errored=True,
+            storage_filesystem=storage.filesystem,
+        )  # fmt: skip
     return tune.Tuner(
         trainable,
         param_space=spec.fixed_config(),
@@ -210,10 +218,12 @@ def _tuner(spec: SweepSpec, layout: SweepLayout, data: SweepData) -> tune.Tuner:
         ),
         run_config=tune.RunConfig(
             name=spec.name,
-            storage_path=str(layout.tune_dir),
+            storage_path=storage.path,
+            storage_filesystem=storage.filesystem,
             callbacks=[MlflowTrialCallback(layout.root), ConsoleProgress([k.name for k in spec.knobs])],
             # A trial whose node is lost (or whose worker dies) runs again rather than being lost.
             failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # a retry needs only the last
             verbose=0,  # ConsoleProgress reports instead, at the level the CLI sets
         ),
     )

@@ -80,7 +80,8 @@ def _run_in_experiment(client: MlflowClient, run_id: str, experiment_id: str) ->
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
-    items = [Param(key, str(value)) for key, value in params.items()]
+    """Every set parameter (an unset one, such as another schedule's law, says nothing)."""
+    items = [Param(key, str(value)) for key, value in params.items() if value is not None]
     for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
         client.log_batch(run_id, params=chunk)
 

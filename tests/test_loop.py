@@ -95,3 +95,43 @@ def test_sweep_data_is_shareable_between_trials(lee: SweepData, tmp_path: Path) 
     before = lee.train.tokens.copy()
     _run(lee)
     np.testing.assert_array_equal(lee.train.tokens, before)  # trials never mutate the shared data
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"patch.K": 2, "patch.lambda": 0.5, "schedule.name": "cosine"},
+        {"optimizer.name": "armijo_sgd"},
+        {"optimizer.name": "schedule_free_adamw"},
+    ],
+    ids=["adamw with patch phase", "line search", "schedule-free"],
+)
+def test_a_run_resumed_from_its_checkpoint_goes_on_exactly(lee: SweepData, settings: dict[str, Any]) -> None:
+    cfg = TrialConfig.from_flat({**TINY, "budget.compute": 120_000, "batch_size": 8, "eval_every": 10,
+                                 "checkpoint_every": 2, **settings})  # fmt: skip
+    whole: list[dict[str, Any]] = []
+    train_lm(cfg, lee, whole.append, save=lambda metrics, state: whole.append(metrics))
+
+    before: list[dict[str, Any]] = []
+    saved: list[dict[str, Any]] = []
+
+    def save_then_die(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        before.append(metrics)
+        saved.append(state)
+        if len(saved) == 2:  # the worker is lost right after its second checkpoint
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        train_lm(cfg, lee, before.append, save=save_then_die)
+    after: list[dict[str, Any]] = []
+    train_lm(cfg, lee, after.append, save=lambda metrics, state: after.append(metrics), resume=saved[-1])
+    assert after[0]["step"] > before[0]["step"]  # it went on, not from the start
+    resumed = before + after
+    assert [r["step"] for r in resumed] == [r["step"] for r in whole]
+    for key in ("val_loss", "train_loss", "compute", "tokens", "lr_sum"):
+        assert [r[key] for r in resumed] == pytest.approx([r[key] for r in whole], rel=1e-6), key
+    assert resumed[-1][OBJECTIVE] == pytest.approx(whole[-1][OBJECTIVE], rel=1e-6)

@@ -64,7 +64,7 @@ def test_schedule_free_evaluates_at_the_averaged_weights(lee: SweepData, monkeyp
         rules.append(real_build(model, cfg, **kwargs))
         return rules[-1]
 
-    def spying(model: GPT, windows: torch.Tensor) -> float:
+    def spying(model: GPT, windows: torch.Tensor, **options: Any) -> float:
         group = rules[-1].optimizer.param_groups[0]
         modes.append(group["train_mode"])
         beta = group["betas"][0]
@@ -74,7 +74,7 @@ def test_schedule_free_evaluates_at_the_averaged_weights(lee: SweepData, monkeyp
             y = p.detach().clone()
             rules[-1].optimizer.eval()
             torch.testing.assert_close(p.detach(), (y - (1 - beta) * z) / beta, rtol=1e-4, atol=1e-6)
-        return real_evaluate(model, windows)
+        return real_evaluate(model, windows, **options)
 
     monkeypatch.setattr(loop_module, "build_step_rule", remember)
     monkeypatch.setattr(loop_module, "evaluate", spying)

@@ -209,6 +209,7 @@ class TrialConfig(BaseModel):
     weight_decay: float = Field(0.1, ge=0)
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 turns clipping off")
     eval_every: int = Field(25, ge=1, description="optimizer steps between reports")
+    checkpoint_every: int = Field(10, ge=0, description="reports between checkpoints of a Tune trial; 0: none")
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     selection: SelectionConfig = SelectionConfig()

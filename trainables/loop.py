@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ import torch
 from trainables.config import SELF_RATED, TrialConfig
 from trainables.data import SweepData
 from trainables.model import GPT
-from trainables.optimizers import build_step_rule
+from trainables.optimizers import StepRule, build_step_rule
 from trainables.patch import PatchBatcher, patch_loss
 from trainables.workers import Workers
 
@@ -42,6 +43,8 @@ OBJECTIVE = "final_val_loss"
 DIVERGED = "diverged"
 
 Report = Callable[[dict[str, float | str]], None]
+# A report that carries a checkpoint: the metrics and the run's state (see ``train_lm``).
+Save = Callable[[dict[str, float | str], dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,15 @@ def evaluate(model: GPT, windows: torch.Tensor, batch_size: int = 64, workers: W
 
 
 def train_lm(
-    cfg: TrialConfig, data: SweepData, report: Report, device: str = "cpu", workers: Workers = ALONE
+    cfg: TrialConfig,
+    data: SweepData,
+    report: Report,
+    device: str = "cpu",
+    workers: Workers = ALONE,
+    save: Save | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> TrainOutcome:
-    """Train a fresh model to the trial's compute budget, reporting as it goes.
+    """Train a fresh model (or one resumed from a checkpoint) to the trial's compute budget, reporting as it goes.
 
     A trial with patch training (``patch.K`` > 1) runs two phases: patches
     on the first share of its budget, then tokens. The switch keeps the
@@ -85,6 +94,10 @@ def train_lm(
 
     With several ``workers`` each trains on its rows of the same global batch
     (``trainables.workers``); every worker reports the same numbers.
+
+    With ``save``, every ``checkpoint_every``-th report goes to ``save``
+    with the run's whole state instead of to ``report``; ``resume`` (such a
+    state) continues the run from there exactly as it would have gone on.
     """
     _check_workers(cfg, workers)
     documents = data.training_documents(cfg.selection)
@@ -99,51 +112,77 @@ def train_lm(
     )
     val_windows = torch.from_numpy(data.val_windows.astype(np.int64)).to(device)
     start = time.perf_counter()
-    step, tokens, compute, lr_sum = 0, 0, 0.0, 0.0
-    loss_sum, loss_count = 0.0, 0
+    run = _RunState()
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        batcher.load_state_dict(resume["batcher"])
+        torch.set_rng_state(resume["torch_rng"])
+        run = _RunState(**resume["run"])
+        first_report = {}  # it went out before the checkpoint
+    reports = 0
 
-    def send(metrics: dict[str, float | str]) -> None:
+    def send(metrics: dict[str, float | str], rule: StepRule) -> None:
         # What the trial trained on is constant; it goes with the first report only.
-        nonlocal first_report
-        report({**first_report, **metrics})
+        nonlocal first_report, reports
+        reports += 1
+        metrics = {**first_report, **metrics}
         first_report = {}
+        if save is not None and cfg.checkpoint_every and reports % cfg.checkpoint_every == 0:
+            state = {"model": model.state_dict(), "rule": rule.state_dict(), "batcher": batcher.state_dict()}
+            save(metrics, {**state, "torch_rng": torch.get_rng_state(), "run": asdict(run)})
+        else:
+            report(metrics)
 
-    for phase, phase_steps, budget in zip(("patch", "token"), cfg.phase_steps, cfg.phase_budgets, strict=True):
-        if phase_steps == 0:
+    for index, (phase, phase_steps, budget) in enumerate(
+        zip(("patch", "token"), cfg.phase_steps, cfg.phase_budgets, strict=True)
+    ):
+        if phase_steps == 0 or index < run.phase:
             continue
         patched = phase == "patch"
         rule = build_step_rule(model, cfg, steps=phase_steps, batches_per_epoch=batcher.batches_per_epoch(patched))
-        spent = 0.0
-        while _fits(spent, rule.min_cost * step_compute, budget):
-            step += 1
+        if resume is not None and index == run.phase and run.spent > 0:
+            rule.load_state_dict(resume["rule"])
+        else:
+            run.phase, run.spent = index, 0.0
+        while _fits(run.spent, rule.min_cost * step_compute, budget):
+            run.step += 1
             window = workers.shard(batcher.patch_batch() if patched else batcher.token_batch()).to(device)
             loss_value, lr, cost = rule.step(
                 _loss_fn(model, window, k if patched else 1),
-                float(lrs[step - 1]) if lrs is not None else cfg.peak_lr,
-                float(momenta[step - 1]) if momenta is not None else None,
+                float(lrs[run.step - 1]) if lrs is not None else cfg.peak_lr,
+                float(momenta[run.step - 1]) if momenta is not None else None,
             )
             loss_value = workers.mean(loss_value)
-            spent += cost * step_compute
-            compute += cost * step_compute
-            tokens += batcher.tokens_per_patch_batch if patched else batcher.tokens_per_token_batch
-            lr_sum += lr
+            run.spent += cost * step_compute
+            run.compute += cost * step_compute
+            run.tokens += batcher.tokens_per_patch_batch if patched else batcher.tokens_per_token_batch
+            run.lr_sum += lr
             progress = {
-                "step": step,
-                "tokens": tokens,
-                "compute": compute,
+                "step": run.step,
+                "tokens": run.tokens,
+                "compute": run.compute,
                 "lr": lr,
-                "lr_sum": lr_sum,
+                "lr_sum": run.lr_sum,
                 "phase": phase,
                 "patch_phase": float(patched),
             }
             if not math.isfinite(loss_value):
                 wall = time.perf_counter() - start
-                send({**progress, "wall_s": wall, "train_loss": loss_value, "val_loss": math.nan, DIVERGED: 1.0})
-                return TrainOutcome("diverged", step, None)
-            loss_sum += loss_value
-            loss_count += 1
-            phase_done = not _fits(spent, rule.min_cost * step_compute, budget)
-            if step % cfg.eval_every and not phase_done:
+                report(
+                    {
+                        **first_report,
+                        **progress,
+                        "wall_s": wall,
+                        "train_loss": loss_value,
+                        "val_loss": math.nan,
+                        DIVERGED: 1.0,
+                    }
+                )
+                return TrainOutcome("diverged", run.step, None)
+            run.loss_sum += loss_value
+            run.loss_count += 1
+            phase_done = not _fits(run.spent, rule.min_cost * step_compute, budget)
+            if run.step % cfg.eval_every and not phase_done:
                 continue
             rule.eval()
             val_loss = evaluate(model, val_windows, workers=workers)
@@ -151,17 +190,31 @@ def train_lm(
             metrics = {
                 **progress,
                 "wall_s": time.perf_counter() - start,
-                "train_loss": loss_sum / loss_count,
+                "train_loss": run.loss_sum / run.loss_count,
                 "val_loss": val_loss,
             }
-            loss_sum, loss_count = 0.0, 0
+            run.loss_sum, run.loss_count = 0.0, 0
             if not math.isfinite(val_loss):
-                send({**metrics, DIVERGED: 1.0})
-                return TrainOutcome("diverged", step, None)
+                report({**first_report, **metrics, DIVERGED: 1.0})
+                return TrainOutcome("diverged", run.step, None)
             if phase_done and phase == "token":
                 metrics[OBJECTIVE] = val_loss
-            send(metrics)
-    return TrainOutcome("completed", step, val_loss)
+            send(metrics, rule)
+    return TrainOutcome("completed", run.step, val_loss)
+
+
+@dataclass
+class _RunState:
+    """The counters a checkpoint keeps besides the weights, the rule and the data order."""
+
+    phase: int = 0
+    step: int = 0
+    tokens: int = 0
+    compute: float = 0.0
+    lr_sum: float = 0.0
+    spent: float = 0.0  # compute spent in the current phase
+    loss_sum: float = 0.0
+    loss_count: int = 0
 
 
 def _check_workers(cfg: TrialConfig, workers: Workers) -> None:

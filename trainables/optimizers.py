@@ -20,6 +20,7 @@ steps' worth (1.0 for one forward and backward).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import schedulefree
 import torch
@@ -69,6 +70,13 @@ class StepRule:
     def eval(self) -> None:
         """Put the weights where the model is judged (before evaluation and checkpoints)."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the rule, taken in train mode."""
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
 
 class ScheduleFreeRule(StepRule):
     def step(self, loss_fn: LossFn, lr: float, momentum: float | None = None) -> tuple[float, float, float]:
@@ -85,6 +93,13 @@ class ScheduleFreeRule(StepRule):
 
 class ArmijoRule(StepRule):
     min_cost = 1.0 + FORWARD_COST
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "step_size": self.optimizer.step_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.optimizer.step_size = state["step_size"]
 
     def step(self, loss_fn: LossFn, lr: float, momentum: float | None = None) -> tuple[float, float, float]:
         self.optimizer.step(loss_fn)

@@ -16,6 +16,8 @@ the same order, each group giving its K token windows.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -110,6 +112,17 @@ class PatchBatcher:
             self._pending = np.concatenate([self._pending, (groups[:, None] * self._group + inside).ravel()])
         starts, self._pending = self._pending[: self._batch_size], self._pending[self._batch_size :]
         return self._windows(starts, self._seq_len + 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the batcher is in its data order, so a resumed run reads what it would have read."""
+        return {
+            "rng": self._rng.bit_generator.state, "order": self._order.copy(),
+            "position": self._position, "pending": self._pending.copy(),
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._rng.bit_generator.state = state["rng"]
+        self._order, self._position, self._pending = state["order"], state["position"], state["pending"]
 
     def _next_groups(self, count: int) -> np.ndarray:
         while len(self._order) - self._position < count:

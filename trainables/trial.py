@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import ray
 import ray.train
 import torch
@@ -16,17 +19,44 @@ from trainables.data import SweepData
 from trainables.loop import train_lm
 from trainables.workers import Workers
 
+CHECKPOINT_FILE = "run.pt"
+
 
 def lm_trial(config: dict[str, Any], data: SweepData) -> None:
-    """Train one configuration and report to Tune; ``data`` arrives through the object store."""
+    """Train one configuration and report to Tune; ``data`` arrives through the object store.
+
+    Every ``checkpoint_every``-th report carries a checkpoint of the whole run;
+    a trial Tune retries (its node lost, its worker dead) or a resumed sweep
+    restarts goes on from its last checkpoint.
+    """
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     # One intra-op thread per reserved CPU, so concurrent trials do not oversubscribe the node.
     torch.set_num_threads(max(1, int(cpus)))
-    train_lm(TrialConfig.from_flat(config), data, report=tune.report)
+    train_lm(TrialConfig.from_flat(config), data, report=tune.report, save=_report_with_checkpoint, resume=_resumed())
+
+
+def _report_with_checkpoint(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(state, Path(folder) / CHECKPOINT_FILE)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _resumed() -> dict[str, Any] | None:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=False)
 
 
 def lm_trial_distributed(
-    config: dict[str, Any], data: list[ray.ObjectRef], workers: int, cpus: float, gpus: float, storage: str
+    config: dict[str, Any],
+    data: list[ray.ObjectRef],
+    workers: int,
+    cpus: float,
+    gpus: float,
+    storage: str,
+    filesystem: pyarrow.fs.FileSystem | None = None,
 ) -> None:
     """A Tune driver for one trial trained by ``workers`` Ray Train workers (DDP: gloo on CPU, NCCL on GPU).
 
@@ -46,7 +76,10 @@ def lm_trial_distributed(
             resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})},
         ),
         run_config=ray.train.RunConfig(
-            name=f"train-{trial_id}", storage_path=storage, callbacks=[TuneReportCallback()]
+            name=f"train-{trial_id}",
+            storage_path=storage,
+            storage_filesystem=filesystem,
+            callbacks=[TuneReportCallback()],
         ),
     )
     trainer.fit()
