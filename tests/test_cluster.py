@@ -211,7 +211,7 @@ def test_a_two_worker_ddp_trial_matches_one_worker(real_cluster: RealCluster, tm
         name = f"ddp-{count}"
         raw = tiny_spec(
             name=name, output_dir=str(tmp_path / name), search={"seed": {"choice": [0]}}, searcher="grid",
-            trials=None, train={"eval_every": 20, "batch_size": 8, "schedule.name": "cosine"},
+            trials=None, train={"eval_every": 20, "batch_size": 8, "schedule.name": "cosine", "checkpoint_every": 2},
             resources={"cpus": 1, "workers": count},
         )  # fmt: skip
         ran = real_cluster.run(
@@ -225,3 +225,4 @@ def test_a_two_worker_ddp_trial_matches_one_worker(real_cluster: RealCluster, tm
     assert workers == {1: 1.0, 2: 2.0}
     assert finals[2] == pytest.approx(finals[1], rel=1e-4)
     assert (tmp_path / "ddp-2" / "tune" / "train").is_dir()  # the Ray Train runs, one per trial
+    assert list((tmp_path / "ddp-2" / "tune" / "train").glob("**/run.pt"))  # rank 0 checkpoints the trial

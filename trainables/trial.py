@@ -32,7 +32,13 @@ def lm_trial(config: dict[str, Any], data: SweepData) -> None:
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     # One intra-op thread per reserved CPU, so concurrent trials do not oversubscribe the node.
     torch.set_num_threads(max(1, int(cpus)))
-    train_lm(TrialConfig.from_flat(config), data, report=tune.report, save=_report_with_checkpoint, resume=_resumed())
+    train_lm(
+        TrialConfig.from_flat(config),
+        data,
+        report=tune.report,
+        save=_report_with_checkpoint,
+        resume=_resumed(tune.get_checkpoint()),
+    )
 
 
 def _report_with_checkpoint(metrics: dict[str, Any], state: dict[str, Any]) -> None:
@@ -41,8 +47,7 @@ def _report_with_checkpoint(metrics: dict[str, Any], state: dict[str, Any]) -> N
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def _resumed() -> dict[str, Any] | None:
-    checkpoint = tune.get_checkpoint()
+def _resumed(checkpoint: ray.train.Checkpoint | None) -> dict[str, Any] | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
@@ -91,6 +96,17 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     data = ray.get(loop_config["data"][0])
     device = ray.train.torch.get_device()
     workers = Workers(context.get_world_rank(), context.get_world_size())
-    train_lm(
-        TrialConfig.from_flat(loop_config["config"]), data, report=ray.train.report, device=device, workers=workers
-    )
+
+    def save(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        # Every worker reports; rank 0's state stands for all (they hold the same weights and data order).
+        if workers.rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state, Path(folder) / CHECKPOINT_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    # A retried trial's trainer has the same run name, so Ray Train hands it the last checkpoint.
+    resume = _resumed(ray.train.get_checkpoint())
+    cfg = TrialConfig.from_flat(loop_config["config"])
+    train_lm(cfg, data, report=ray.train.report, device=device, workers=workers, save=save, resume=resume)
