@@ -206,12 +206,13 @@ def _wait_until(condition: Any, driver: subprocess.Popen[str], timeout: float) -
 def test_a_two_worker_ddp_trial_matches_one_worker(real_cluster: RealCluster, tmp_path: Path) -> None:
     # Same seed, same global batch (8): the two workers each train on half of every batch and average
     # their gradients, so the run is the one-worker run up to the order of floating-point sums.
-    finals, workers = {}, {}
+    finals, workers, gns = {}, {}, {}
     for count in (1, 2):
         name = f"ddp-{count}"
         raw = tiny_spec(
             name=name, output_dir=str(tmp_path / name), search={"seed": {"choice": [0]}}, searcher="grid",
-            trials=None, train={"eval_every": 20, "batch_size": 8, "schedule.name": "cosine", "checkpoint_every": 2},
+            trials=None, train={"eval_every": 20, "batch_size": 8, "schedule.name": "cosine", "checkpoint_every": 2,
+                   "gns": True},
             resources={"cpus": 1, "workers": count},
         )  # fmt: skip
         ran = real_cluster.run(
@@ -222,7 +223,9 @@ def test_a_two_worker_ddp_trial_matches_one_worker(real_cluster: RealCluster, tm
         metrics = pd.read_parquet(tmp_path / name / "results" / "metrics.parquet")
         finals[count] = float(trials["final_val_loss"].iloc[0])
         workers[count] = float(metrics["workers"].dropna().iloc[0])
+        gns[count] = float(metrics["gns"].dropna().iloc[-1])
     assert workers == {1: 1.0, 2: 2.0}
+    assert all(gns[count] > 0 for count in (1, 2))  # measured across workers too (all-reduced gradients)
     assert finals[2] == pytest.approx(finals[1], rel=1e-4)
     assert (tmp_path / "ddp-2" / "tune" / "train").is_dir()  # the Ray Train runs, one per trial
     assert list((tmp_path / "ddp-2" / "tune" / "train").glob("**/run.pt"))  # rank 0 checkpoints the trial

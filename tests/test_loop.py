@@ -135,3 +135,12 @@ def test_a_run_resumed_from_its_checkpoint_goes_on_exactly(lee: SweepData, setti
     for key in ("val_loss", "train_loss", "compute", "tokens", "lr_sum"):
         assert [r[key] for r in resumed] == pytest.approx([r[key] for r in whole], rel=1e-6), key
     assert resumed[-1][OBJECTIVE] == pytest.approx(whole[-1][OBJECTIVE], rel=1e-6)
+
+
+def test_the_noise_scale_is_reported_and_measuring_it_changes_nothing(lee: SweepData) -> None:
+    plain, _ = _run(lee, eval_every=20)
+    measured, _ = _run(lee, eval_every=20, gns=True)
+    assert [r["val_loss"] for r in measured] == [r["val_loss"] for r in plain]  # training is untouched
+    values = [r["gns"] for r in measured if "gns" in r]
+    assert len(values) >= len(measured) - 2 and all(0 < v < 1e6 for v in values)
+    assert "gns" not in plain[-1]

@@ -210,6 +210,7 @@ class TrialConfig(BaseModel):
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 turns clipping off")
     eval_every: int = Field(25, ge=1, description="optimizer steps between reports")
     checkpoint_every: int = Field(10, ge=0, description="reports between checkpoints of a Tune trial; 0: none")
+    gns: bool = Field(False, description="report the gradient noise scale (extra backward passes at each report)")
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     selection: SelectionConfig = SelectionConfig()

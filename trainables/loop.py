@@ -30,6 +30,7 @@ import torch
 from trainables.config import SELF_RATED, TrialConfig
 from trainables.data import SweepData
 from trainables.model import GPT
+from trainables.noise_scale import NoiseScale, probe
 from trainables.optimizers import StepRule, build_step_rule
 from trainables.patch import PatchBatcher, patch_loss
 from trainables.workers import Workers
@@ -112,6 +113,7 @@ def train_lm(
     )
     val_windows = torch.from_numpy(data.val_windows.astype(np.int64)).to(device)
     start = time.perf_counter()
+    noise = NoiseScale() if cfg.gns else None
     run = _RunState()
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -184,6 +186,8 @@ def train_lm(
             phase_done = not _fits(run.spent, rule.min_cost * step_compute, budget)
             if run.step % cfg.eval_every and not phase_done:
                 continue
+            if noise is not None:
+                _measure_noise(noise, model, window, k if patched else 1, workers)
             rule.eval()
             val_loss = evaluate(model, val_windows, workers=workers)
             rule.train()
@@ -194,6 +198,8 @@ def train_lm(
                 "val_loss": val_loss,
             }
             run.loss_sum, run.loss_count = 0.0, 0
+            if noise is not None and math.isfinite(noise.value):
+                metrics["gns"] = noise.value
             if not math.isfinite(val_loss):
                 report({**first_report, **metrics, DIVERGED: 1.0})
                 return TrainOutcome("diverged", run.step, None)
@@ -215,6 +221,13 @@ class _RunState:
     spent: float = 0.0  # compute spent in the current phase
     loss_sum: float = 0.0
     loss_count: int = 0
+
+
+def _measure_noise(noise: NoiseScale, model: GPT, window: torch.Tensor, patch_size: int, workers: Workers) -> None:
+    """One gradient-noise-scale measurement on the step's own batch (micro-batches of it)."""
+    measured = probe(model, lambda rows: _loss_fn(model, rows, patch_size)(), window, workers)
+    if measured is not None:
+        noise.update(*measured)
 
 
 def _check_workers(cfg: TrialConfig, workers: Workers) -> None:
