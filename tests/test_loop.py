@@ -144,3 +144,17 @@ def test_the_noise_scale_is_reported_and_measuring_it_changes_nothing(lee: Sweep
     values = [r["gns"] for r in measured if "gns" in r]
     assert len(values) >= len(measured) - 2 and all(0 < v < 1e6 for v in values)
     assert "gns" not in plain[-1]
+
+
+def test_a_target_loss_ends_the_run_where_it_is_reached(lee: SweepData) -> None:
+    whole, _ = _run(lee, eval_every=10)
+    hit = next(i for i, r in enumerate(whole) if i >= 3 and r["val_loss"] < whole[i - 1]["val_loss"])
+    target = (whole[hit - 1]["val_loss"] + whole[hit]["val_loss"]) / 2  # crossed between two reports
+    stopped, outcome = _run(lee, eval_every=10, target_loss=target)
+    assert len(stopped) == hit + 1 and outcome.steps == whole[hit]["step"]
+    last = stopped[-1]
+    assert last["reached_target"] == 1.0 and last[OBJECTIVE] == last["val_loss"] <= target
+    assert whole[hit - 1]["step"] < last["steps_to_target"] < whole[hit]["step"]
+    unreachable, _ = _run(lee, eval_every=10, target_loss=0.01)
+    assert len(unreachable) == len(whole) and unreachable[-1]["reached_target"] == 0.0
+    assert "steps_to_target" not in unreachable[-1]

@@ -211,6 +211,7 @@ class TrialConfig(BaseModel):
     eval_every: int = Field(25, ge=1, description="optimizer steps between reports")
     checkpoint_every: int = Field(10, ge=0, description="reports between checkpoints of a Tune trial; 0: none")
     gns: bool = Field(False, description="report the gradient noise scale (extra backward passes at each report)")
+    target_loss: float | None = Field(None, gt=0, description="stop at the first report with val_loss at or below it")
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     selection: SelectionConfig = SelectionConfig()

@@ -96,6 +96,12 @@ def train_lm(
     With several ``workers`` each trains on its rows of the same global batch
     (``trainables.workers``); every worker reports the same numbers.
 
+    With ``target_loss`` the run ends at the first token-phase report whose validation
+    loss is at or below it: that report carries ``final_val_loss``,
+    ``reached_target`` = 1 and ``steps_to_target`` (interpolated linearly in
+    the loss between it and the report before). A run that spends its budget
+    first ends as usual, with ``reached_target`` = 0.
+
     With ``save``, every ``checkpoint_every``-th report goes to ``save``
     with the run's whole state instead of to ``report``; ``resume`` (such a
     state) continues the run from there exactly as it would have gone on.
@@ -203,9 +209,17 @@ def train_lm(
             if not math.isfinite(val_loss):
                 report({**first_report, **metrics, DIVERGED: 1.0})
                 return TrainOutcome("diverged", run.step, None)
-            if phase_done and phase == "token":
+            reached = cfg.target_loss is not None and phase == "token" and val_loss <= cfg.target_loss
+            if reached:
+                metrics["steps_to_target"] = _crossing(run.last_eval, (run.step, val_loss), cfg.target_loss)
+            if cfg.target_loss is not None and (reached or (phase_done and phase == "token")):
+                metrics["reached_target"] = float(reached)
+            run.last_eval = (run.step, val_loss)
+            if reached or (phase_done and phase == "token"):
                 metrics[OBJECTIVE] = val_loss
             send(metrics, rule)
+            if reached:
+                return TrainOutcome("completed", run.step, val_loss)
     return TrainOutcome("completed", run.step, val_loss)
 
 
@@ -221,6 +235,15 @@ class _RunState:
     spent: float = 0.0  # compute spent in the current phase
     loss_sum: float = 0.0
     loss_count: int = 0
+    last_eval: tuple[int, float] | None = None  # (step, val_loss) of the last report
+
+
+def _crossing(before: tuple[int, float] | None, now: tuple[int, float], target: float) -> float:
+    """The step where the validation loss crossed ``target``, linear in the loss between two reports."""
+    if before is None or before[1] <= now[1]:
+        return float(now[0])
+    (s0, l0), (s1, l1) = before, now
+    return s0 + (s1 - s0) * (l0 - target) / (l0 - l1)
 
 
 def _measure_noise(noise: NoiseScale, model: GPT, window: torch.Tensor, patch_size: int, workers: Workers) -> None:
