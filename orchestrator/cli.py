@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from ray.job_submission import JobStatus, JobSubmissionClient
 from tqdm import tqdm
 
+from orchestrator.batch_study import UnreachableTarget, run_batch_study, write_batch_size
 from orchestrator.layout import SweepDirError, SweepLayout, SweepRecord
 from orchestrator.mpl import Curve, CurveError, fit_and_predict, fit_mpl
 from orchestrator.ordering import order_corpus
@@ -108,6 +109,21 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--quiet", action="store_true", help="no line per trial event, only the summary")
     resume.set_defaults(command=_resume)
 
+    cbs = commands.add_parser(
+        "cbs",
+        help="find the critical batch size: steps to a target loss against batch size",
+        description="Runs the spec's trial at several batch sizes to a target validation loss, refines around "
+        "the knee and fits S(b) = S_min (1 + B_crit / b); prints a table and one JSON object last.",
+    )
+    cbs.add_argument("spec", type=Path)
+    cbs.add_argument("--target", type=float, help="target validation loss (default: a pilot run picks it)")
+    cbs.add_argument("--sizes", help="comma-separated batch sizes of the first round (default: powers of two)")
+    cbs.add_argument("--output", type=Path, help="study directory (default: the spec's output_dir)")
+    cbs.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    cbs.add_argument("--json", type=Path, metavar="OUT", help="also write the JSON object to OUT")
+    cbs.add_argument("--write-to", type=Path, metavar="SPEC", help="write the spec with the found batch size")
+    cbs.set_defaults(command=_cbs)
+
     validate = commands.add_parser("validate", help="check a spec and list every problem")
     validate.add_argument("spec", type=Path)
     validate.set_defaults(command=_validate)
@@ -177,6 +193,35 @@ def _load(args: argparse.Namespace) -> SweepSpec:
 def _validate(args: argparse.Namespace) -> int:
     spec = _load(args)
     print(f"{args.spec}: ok ({spec.trials} trials of {', '.join(k.name for k in spec.knobs)})")
+    return 0
+
+
+def _cbs(args: argparse.Namespace) -> int:
+    spec = _load(args)
+    try:
+        sizes = [int(b) for b in args.sizes.split(",")] if args.sizes else None
+    except ValueError:
+        print(f"effsweep cbs: --sizes must be comma-separated integers, got {args.sizes!r}", file=sys.stderr)
+        return 2
+    try:
+        study = run_batch_study(spec, target=args.target, sizes=sizes, address=args.address)
+    except UnreachableTarget as exc:
+        print(f"effsweep cbs: {exc}", file=sys.stderr)
+        return 1
+    print(f"target validation loss {study.target:.4f}")
+    print(f"{'batch':>6} {'reached':>8} {'steps':>9} {'examples':>10} {'gns':>8}")
+    for row in study.points.itertuples():
+        print(f"{row.batch_size:>6} {row.reached!s:>8} {row.steps:>9.1f} {row.examples:>10.0f} {row.gns:>8.1f}")
+    fit = study.fit
+    print(f"B_crit {fit.b_crit:.1f} (95% {fit.interval[0]:.1f} to {fit.interval[1]:.1f}), S_min {fit.s_min:.1f}, "
+          f"E_min {fit.e_min:.0f}" + (f", b* {study.b_star:.1f}" if study.b_star else ""))  # fmt: skip
+    if args.write_to:
+        write_batch_size(args.spec, max(1, round(fit.b_crit)), args.write_to)
+        print(f"{args.write_to}: batch_size {max(1, round(fit.b_crit))}")
+    text = json.dumps(study.to_json())
+    if args.json:
+        args.json.write_text(text + "\n")
+    print(text)
     return 0
 
 

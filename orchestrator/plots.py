@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from orchestrator.cbs import CriticalBatchFit
 from orchestrator.mpl import Curve, MPLFit
 from orchestrator.results import SweepResults
 
@@ -32,10 +33,7 @@ def plot_val_loss(results: SweepResults, path: Path) -> Path:
     if best is not None:
         ax.legend(loc="upper right")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_mpl(fitted: list[Curve], predicted: list[Curve], fit: MPLFit, path: Path) -> Path:
@@ -62,10 +60,7 @@ def plot_mpl(fitted: list[Curve], predicted: list[Curve], fit: MPLFit, path: Pat
     rates.set_xlabel("step")
     rates.set_ylabel("learning rate")
     rates.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_predictions(predictions: pd.DataFrame, results: SweepResults, path: Path) -> Path:
@@ -92,6 +87,34 @@ def plot_predictions(predictions: pd.DataFrame, results: SweepResults, path: Pat
     ax.set_title("MPL predictions of completed trials")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_batch_study(points: pd.DataFrame, fit: CriticalBatchFit | None, path: Path) -> Path:
+    """Steps and examples to the target against batch size, with the fitted S(b) and E(b) = S(b) b."""
+    fig, (steps_ax, examples_ax) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
+    reached = points[points["reached"]]
+    missed = points[~points["reached"]]
+    for ax, column in ((steps_ax, "steps"), (examples_ax, "examples")):
+        ax.scatter(reached["batch_size"], reached[column], color="tab:blue", zorder=3, label="reached the target")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size (sequences)")
+        ax.set_ylabel(f"{column} to the target loss")
+    for b in missed["batch_size"]:
+        steps_ax.axvline(b, color="tab:red", alpha=0.4, linestyle=":")
+    if fit is not None:
+        grid = np.geomspace(points["batch_size"].min(), points["batch_size"].max(), 100)
+        steps_ax.plot(grid, fit.steps(grid), color="tab:orange", label=f"S_min (1 + {fit.b_crit:.0f} / b)")
+        examples_ax.plot(grid, fit.steps(grid) * grid, color="tab:orange", label="E(b) = S(b) b")
+        for ax in (steps_ax, examples_ax):
+            ax.axvline(fit.b_crit, color="tab:green", linestyle="--", label=f"B_crit = {fit.b_crit:.1f}")
+    steps_ax.legend(fontsize=8)
+    examples_ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

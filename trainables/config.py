@@ -206,6 +206,10 @@ class TrialConfig(BaseModel):
     seed: int = Field(0, ge=0)
     peak_lr: float = Field(3e-3, gt=0)
     batch_size: int = Field(16, ge=1)
+    lr_scaling: Literal["none", "sqrt", "linear"] = Field(
+        "none", description="scale peak_lr by (batch_size / lr_reference_batch) to the 1/2 or the 1st power"
+    )
+    lr_reference_batch: int = Field(16, ge=1, description="the batch size peak_lr is meant for, with lr_scaling")
     weight_decay: float = Field(0.1, ge=0)
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 turns clipping off")
     eval_every: int = Field(25, ge=1, description="optimizer steps between reports")
@@ -237,6 +241,12 @@ class TrialConfig(BaseModel):
                     f"{self.batch_size} x seq_len {self.model.seq_len}; at least {MIN_STEPS} are needed"
                 )
         return self
+
+    @property
+    def scaled_peak_lr(self) -> float:
+        """``peak_lr`` for this batch size: square-root scaling suits Adam, linear SGD (``lr_scaling``)."""
+        power = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}[self.lr_scaling]
+        return self.peak_lr * (self.batch_size / self.lr_reference_batch) ** power
 
     @property
     def tokens_per_step(self) -> int:
@@ -281,9 +291,9 @@ class TrialConfig(BaseModel):
         for patches, steps in zip((self.patch.K, 1), self.phase_steps, strict=True):
             tokens = self.tokens_per_step * patches
             multipliers = self.schedule.multipliers(
-                steps, peak=self.peak_lr, batch_size=self.batch_size, tokens_per_step=tokens
+                steps, peak=self.scaled_peak_lr, batch_size=self.batch_size, tokens_per_step=tokens
             )
-            per_phase.append(self.peak_lr * multipliers)
+            per_phase.append(self.scaled_peak_lr * multipliers)
         return np.concatenate(per_phase)
 
     def planned_momenta(self) -> np.ndarray | None:

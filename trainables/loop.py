@@ -157,7 +157,7 @@ def train_lm(
             window = workers.shard(batcher.patch_batch() if patched else batcher.token_batch()).to(device)
             loss_value, lr, cost = rule.step(
                 _loss_fn(model, window, k if patched else 1),
-                float(lrs[run.step - 1]) if lrs is not None else cfg.peak_lr,
+                float(lrs[run.step - 1]) if lrs is not None else cfg.scaled_peak_lr,
                 float(momenta[run.step - 1]) if momenta is not None else None,
             )
             loss_value = workers.mean(loss_value)

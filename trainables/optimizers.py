@@ -128,18 +128,20 @@ def build_step_rule(model: nn.Module, cfg: TrialConfig, *, steps: int, batches_p
     ]
     opt = cfg.optimizer
     if opt.name == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=cfg.peak_lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.scaled_peak_lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
         return StepRule(optimizer, model, cfg.grad_clip)
     if opt.name == "sgd":
-        return StepRule(torch.optim.SGD(groups, lr=cfg.peak_lr, momentum=opt.momentum), model, cfg.grad_clip)
+        return StepRule(torch.optim.SGD(groups, lr=cfg.scaled_peak_lr, momentum=opt.momentum), model, cfg.grad_clip)
     if opt.name.startswith("schedule_free"):
         warmup = round(cfg.schedule.warmup_frac * steps)
         if opt.name == "schedule_free_adamw":
             optimizer = schedulefree.AdamWScheduleFree(
-                groups, lr=cfg.peak_lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, warmup_steps=warmup
+                groups, lr=cfg.scaled_peak_lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, warmup_steps=warmup
             )
         else:
-            optimizer = schedulefree.SGDScheduleFree(groups, lr=cfg.peak_lr, momentum=opt.momentum, warmup_steps=warmup)
+            optimizer = schedulefree.SGDScheduleFree(
+                groups, lr=cfg.scaled_peak_lr, momentum=opt.momentum, warmup_steps=warmup
+            )
         rule = ScheduleFreeRule(optimizer, model, cfg.grad_clip)
         rule.train()  # schedule-free optimizers refuse to step until put in train mode
         return rule

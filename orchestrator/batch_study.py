@@ -1,0 +1,207 @@
+"""``effsweep cbs``: the critical batch size from steps to a target loss, measured where it matters.
+
+The study runs the spec's trial at several batch sizes, each until it
+reaches the target validation loss (``target_loss``: the trial stops there
+and reports the interpolated ``steps_to_target``; one that spends its budget
+first is unreachable and left out of the fit). Round 1 is geometric (powers
+of two that leave a trial at least ``MIN_STEPS`` steps); round 2 adds the
+batch sizes either side of the first estimate of B_crit, at factors of
+sqrt(2), where the fit is least sure. S(b) = S_min (1 + B_crit / b) is then
+fitted to every reached point (``orchestrator.cbs``).
+
+The learning rate follows ``lr_scaling`` (square-root scaling from the
+spec's batch size by default, the rule for Adam). Without ``--target``, a
+pilot trial at the middle batch size runs its whole budget, and the target
+is the validation loss it had reached at half of it: reachable with room to
+spare at that batch size, and by its neighbours if the budget allows.
+
+Every round is an ordinary sweep (``DIR/round-N``, its own MLflow parent
+run, trials reporting ``gns`` too); the study's table, plot and JSON go to
+``DIR`` and to the last round's parent run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from mlflow.tracking import MlflowClient
+
+from orchestrator.cbs import CriticalBatchFit, fit_critical_batch, most_efficient_batch
+from orchestrator.plots import plot_batch_study
+from orchestrator.spec import SpecError, SweepSpec, parse_spec
+from orchestrator.sweep import SweepOutcome, run_sweep
+from trainables.config import MIN_STEPS
+
+GEOMETRIC = (4, 8, 16, 32, 64, 128, 256)
+MODEL_KEYS = ("seq_len", "n_layer", "n_head", "d_model")  # what a spec's model section may set
+
+
+class UnreachableTarget(ValueError):
+    """Too few batch sizes reached the target to fit anything."""
+
+
+@dataclass
+class BatchStudy:
+    """The measured points (one per batch size) and the fits."""
+
+    target: float
+    points: pd.DataFrame  # batch_size, reached, steps, examples, gns
+    fit: CriticalBatchFit | None = None
+    b_star: float | None = None
+    rounds: list[Path] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        fit = self.fit
+        return {
+            "target_loss": self.target,
+            "b_crit": fit.b_crit if fit else None,
+            "b_crit_interval": list(fit.interval) if fit else None,
+            "s_min": fit.s_min if fit else None,
+            "e_min": fit.e_min if fit else None,
+            "b_star": self.b_star,
+            "gns": _mean_finite(self.points["gns"]),
+            "points": self.points.to_dict(orient="records"),
+            "rounds": [str(r) for r in self.rounds],
+        }
+
+
+def run_batch_study(spec: SweepSpec, *, target: float | None = None, sizes: list[int] | None = None,
+                    address: str | None = None) -> BatchStudy:  # fmt: skip
+    """Measure steps to the target at a geometric set of batch sizes, refine around the knee, fit."""
+    root = spec.output_dir.resolve()
+    sizes = sizes or [b for b in GEOMETRIC if _steps(spec, b) >= MIN_STEPS]
+    if len(sizes) < 3:
+        raise UnreachableTarget(f"budget.compute leaves fewer than 3 batch sizes of {GEOMETRIC} {MIN_STEPS} steps")
+    rounds: list[Path] = []
+    if target is None:
+        pilot = run_sweep(_round_spec(spec, root / "pilot", [sizes[len(sizes) // 2]], None), address=address)
+        rounds.append(pilot.layout.root)
+        target = _loss_at_half_budget(pilot, spec.budget.compute)
+    first = run_sweep(_round_spec(spec, root / "round-1", sizes, target), address=address)
+    rounds.append(first.layout.root)
+    points = _points(first)
+    refine = _around_knee(points, sizes, spec)
+    outcome = first
+    if refine:
+        outcome = run_sweep(_round_spec(spec, root / "round-2", refine, target), address=address)
+        rounds.append(outcome.layout.root)
+        points = pd.concat([points, _points(outcome)], ignore_index=True).sort_values("batch_size", ignore_index=True)
+    reached = points[points["reached"]]
+    if len(reached) < 3:
+        raise UnreachableTarget(
+            f"only {len(reached)} of {len(points)} batch sizes reached the target loss {target:.4f} within "
+            f"budget.compute; raise the budget or give a higher --target"
+        )
+    study = BatchStudy(target, points, rounds=rounds)
+    study.fit = fit_critical_batch(reached["batch_size"], reached["steps"])
+    try:
+        study.b_star = most_efficient_batch(reached["batch_size"], reached["steps"])
+    except ValueError:
+        study.b_star = None  # the steps do not follow K(b) here; B_crit stands alone
+    _publish(study, root, outcome)
+    return study
+
+
+def write_batch_size(spec_path: Path, batch_size: int, out: Path) -> None:
+    """Write ``spec_path`` with ``train.batch_size`` fixed to ``batch_size`` (and no batch_size knob) to ``out``."""
+    raw = yaml.safe_load(spec_path.read_text())
+    raw.setdefault("train", {})["batch_size"] = int(batch_size)
+    if isinstance(raw.get("search"), dict):
+        raw["search"].pop("batch_size", None)
+    parse_spec(raw)  # the spec must stay valid
+    out.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def _steps(spec: SweepSpec, batch_size: int) -> float:
+    return spec.budget.compute / (batch_size * spec.model.seq_len)
+
+
+def _round_spec(spec: SweepSpec, output: Path, sizes: list[int], target: float | None) -> SweepSpec:
+    train = {k: v for k, v in spec.train.items() if k != "batch_size"}
+    train.update(gns=True, lr_scaling=train.get("lr_scaling", "sqrt"))
+    train.setdefault("lr_reference_batch", int(spec.fixed_config().get("batch_size", 16)))
+    if target is not None:
+        train["target_loss"] = target
+    raw = _spec_sections(spec) | {
+        "name": f"{spec.name}-{output.name}",
+        "output_dir": str(output),
+        "train": train,
+        "search": {"batch_size": {"choice": sorted(sizes)}},
+        "searcher": "grid",
+        "scheduler": "fifo",
+    }
+    raw.pop("trials", None)
+    try:
+        return parse_spec(raw)
+    except SpecError as exc:
+        raise SpecError([f"cbs round {output.name}: {p}" for p in exc.problems]) from None
+
+
+def _spec_sections(spec: SweepSpec) -> dict[str, Any]:
+    """The spec's sections as plain data, to derive other specs from."""
+    return {
+        "data": spec.data.model_dump(exclude_none=True),
+        "model": {k: v for k, v in dataclasses.asdict(spec.model).items() if k in MODEL_KEYS},
+        "budget": spec.budget.model_dump(),
+        "resources": spec.resources.model_dump(),
+        "concurrency": spec.concurrency or "auto",
+        **({"tracking": spec.tracking.model_dump(exclude_none=True)} if spec.tracking.uri else {}),
+    }
+
+
+def _loss_at_half_budget(pilot: SweepOutcome, compute: float) -> float:
+    metrics = pilot.results.metrics
+    rows = metrics[(metrics["compute"] >= compute / 2) & metrics["val_loss"].notna()]
+    if rows.empty:
+        raise UnreachableTarget("the pilot trial reported no validation loss past half its budget")
+    return float(rows.sort_values("compute")["val_loss"].iloc[0])
+
+
+def _points(outcome: SweepOutcome) -> pd.DataFrame:
+    trials = outcome.results.trials.set_index("trial_id")
+    metrics = outcome.results.metrics
+    rows = []
+    for trial_id, history in metrics.groupby("trial_id"):
+        batch = int(trials.loc[trial_id, "config.batch_size"])
+        steps = history["steps_to_target"].max() if "steps_to_target" in history else math.nan
+        reached = bool(math.isfinite(steps))
+        gns = history["gns"].dropna().iloc[-1] if "gns" in history and history["gns"].notna().any() else math.nan
+        rows.append({"batch_size": batch, "reached": reached, "steps": float(steps),
+                     "examples": float(steps * batch), "gns": float(gns)})  # fmt: skip
+    return pd.DataFrame(rows).sort_values("batch_size", ignore_index=True)
+
+
+def _around_knee(points: pd.DataFrame, sizes: list[int], spec: SweepSpec) -> list[int]:
+    reached = points[points["reached"]]
+    if len(reached) < 3:
+        return []
+    try:
+        b_crit = fit_critical_batch(reached["batch_size"], reached["steps"], bootstrap=0).b_crit
+    except ValueError:
+        return []
+    candidates = {round(b_crit / math.sqrt(2)), round(b_crit * math.sqrt(2))}
+    return sorted(b for b in candidates if b >= 1 and b not in sizes and _steps(spec, b) >= MIN_STEPS)
+
+
+def _mean_finite(values: pd.Series) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else None
+
+
+def _publish(study: BatchStudy, root: Path, last_round: SweepOutcome) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "cbs.json").write_text(json.dumps(study.to_json(), indent=2) + "\n")
+    picture = plot_batch_study(study.points, study.fit, root / "cbs.png")
+    client = MlflowClient(last_round.record.tracking_uri)
+    for artifact in (root / "cbs.json", picture):
+        client.log_artifact(last_round.record.parent_run_id, str(artifact))
+    if study.fit:
+        client.log_metric(last_round.record.parent_run_id, "b_crit", study.fit.b_crit)
