@@ -3,17 +3,17 @@
 The study runs the spec's trial at several batch sizes, each until it
 reaches the target validation loss (``target_loss``: the trial stops there
 and reports the interpolated ``steps_to_target``; one that spends its budget
-first is unreachable and left out of the fit). Round 1 is geometric (powers
-of two that leave a trial at least ``MIN_STEPS`` steps); round 2 adds the
+first is unreachable and left out of the fit). Round 1 is geometric (4, 16,
+64, 256, those that leave a trial at least ``MIN_STEPS`` steps); round 2 adds the
 batch sizes either side of the first estimate of B_crit, at factors of
 sqrt(2), where the fit is least sure. S(b) = S_min (1 + B_crit / b) is then
 fitted to every reached point (``orchestrator.cbs``).
 
 The learning rate follows ``lr_scaling`` (square-root scaling from the
 spec's batch size by default, the rule for Adam). Without ``--target``, a
-pilot trial at the middle batch size runs its whole budget, and the target
-is the validation loss it had reached at half of it: reachable with room to
-spare at that batch size, and by its neighbours if the budget allows.
+pilot trial at the middle batch size runs half the budget, and its final
+validation loss is the target: reachable with room to spare at that batch
+size, and by its neighbours if the budget allows.
 
 Every round is an ordinary sweep (``DIR/round-N``, its own MLflow parent
 run, trials reporting ``gns`` too); the study's table, plot and JSON go to
@@ -40,7 +40,7 @@ from orchestrator.spec import SpecError, SweepSpec, parse_spec
 from orchestrator.sweep import SweepOutcome, run_sweep
 from trainables.config import MIN_STEPS
 
-GEOMETRIC = (4, 8, 16, 32, 64, 128, 256)
+GEOMETRIC = (4, 16, 64, 256)  # a factor 4 apart: the refinement fills in around the knee
 MODEL_KEYS = ("seq_len", "n_layer", "n_head", "d_model")  # what a spec's model section may set
 
 
@@ -82,18 +82,21 @@ def run_batch_study(spec: SweepSpec, *, target: float | None = None, sizes: list
         raise UnreachableTarget(f"budget.compute leaves fewer than 3 batch sizes of {GEOMETRIC} {MIN_STEPS} steps")
     rounds: list[Path] = []
     if target is None:
-        pilot = run_sweep(_round_spec(spec, root / "pilot", [sizes[len(sizes) // 2]], None), address=address)
+        half = dataclasses.replace(spec, budget=spec.budget.model_copy(update={"compute": spec.budget.compute / 2}))
+        pilot = run_sweep(round_spec(half, root / "pilot", [sizes[len(sizes) // 2]], None), address=address)
         rounds.append(pilot.layout.root)
-        target = _loss_at_half_budget(pilot, spec.budget.compute)
-    first = run_sweep(_round_spec(spec, root / "round-1", sizes, target), address=address)
+        target = _final_loss(pilot)
+    first = run_sweep(round_spec(spec, root / "round-1", sizes, target), address=address)
     rounds.append(first.layout.root)
-    points = _points(first)
+    points = measured_points(first)
     refine = _around_knee(points, sizes, spec)
     outcome = first
     if refine:
-        outcome = run_sweep(_round_spec(spec, root / "round-2", refine, target), address=address)
+        outcome = run_sweep(round_spec(spec, root / "round-2", refine, target), address=address)
         rounds.append(outcome.layout.root)
-        points = pd.concat([points, _points(outcome)], ignore_index=True).sort_values("batch_size", ignore_index=True)
+        points = pd.concat([points, measured_points(outcome)], ignore_index=True).sort_values(
+            "batch_size", ignore_index=True
+        )
     reached = points[points["reached"]]
     if len(reached) < 3:
         raise UnreachableTarget(
@@ -124,7 +127,8 @@ def _steps(spec: SweepSpec, batch_size: int) -> float:
     return spec.budget.compute / (batch_size * spec.model.seq_len)
 
 
-def _round_spec(spec: SweepSpec, output: Path, sizes: list[int], target: float | None) -> SweepSpec:
+def round_spec(spec: SweepSpec, output: Path, sizes: list[int], target: float | None) -> SweepSpec:
+    """A sweep of ``spec``'s trial at ``sizes``, each stopping at ``target``, reporting gns, into ``output``."""
     train = {k: v for k, v in spec.train.items() if k != "batch_size"}
     train.update(gns=True, lr_scaling=train.get("lr_scaling", "sqrt"))
     train.setdefault("lr_reference_batch", int(spec.fixed_config().get("batch_size", 16)))
@@ -157,15 +161,15 @@ def _spec_sections(spec: SweepSpec) -> dict[str, Any]:
     }
 
 
-def _loss_at_half_budget(pilot: SweepOutcome, compute: float) -> float:
-    metrics = pilot.results.metrics
-    rows = metrics[(metrics["compute"] >= compute / 2) & metrics["val_loss"].notna()]
-    if rows.empty:
-        raise UnreachableTarget("the pilot trial reported no validation loss past half its budget")
-    return float(rows.sort_values("compute")["val_loss"].iloc[0])
+def _final_loss(pilot: SweepOutcome) -> float:
+    best = pilot.results.best()
+    if best is None:
+        raise UnreachableTarget("the pilot trial did not finish; no target loss to aim at")
+    return float(best["final_val_loss"])
 
 
-def _points(outcome: SweepOutcome) -> pd.DataFrame:
+def measured_points(outcome: SweepOutcome) -> pd.DataFrame:
+    """One row per trial of a round: batch size, whether it reached the target, steps, examples, last gns."""
     trials = outcome.results.trials.set_index("trial_id")
     metrics = outcome.results.metrics
     rows = []

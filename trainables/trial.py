@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ def lm_trial(config: dict[str, Any], data: SweepData) -> None:
     a trial Tune retries (its node lost, its worker dead) or a resumed sweep
     restarts goes on from its last checkpoint.
     """
+    _quiet_checkpoints()
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     # One intra-op thread per reserved CPU, so concurrent trials do not oversubscribe the node.
     torch.set_num_threads(max(1, int(cpus)))
@@ -39,6 +41,13 @@ def lm_trial(config: dict[str, Any], data: SweepData) -> None:
         save=_report_with_checkpoint,
         resume=_resumed(tune.get_checkpoint()),
     )
+
+
+def _quiet_checkpoints() -> None:
+    # Ray logs every checkpoint it persists at INFO, which floods the sweep's console; MLflow and
+    # Tune's experiment state already say where checkpoints are.
+    for name in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _report_with_checkpoint(metrics: dict[str, Any], state: dict[str, Any]) -> None:
@@ -91,6 +100,7 @@ def lm_trial_distributed(
 
 
 def _train_worker(loop_config: dict[str, Any]) -> None:
+    _quiet_checkpoints()
     context = ray.train.get_context()
     torch.set_num_threads(max(1, int(loop_config["cpus"])))
     data = ray.get(loop_config["data"][0])

@@ -1,0 +1,94 @@
+"""The critical-batch-size finder against a dense grid, on the default model and a real corpus.
+
+The finder (``effsweep cbs``'s ``run_batch_study``: a pilot at half the
+budget picks the target, a geometric round, a refinement round) runs first;
+then a dense grid of batch sizes a factor sqrt(2) apart, from 4 to 256, runs
+every size to the same target. Both fit S(b) = S_min (1 + B_crit / b) to what
+they measured. Compute is every trial's compute (the pilot's included for
+the finder). The noise scale is the mean of the last ``gns`` the grid's
+trials reported, against the grid's B_crit.
+
+The ``small`` model, AdamW at 3e-3 for batch 16 with square-root scaling,
+constant schedule after 5% warmup, Alpaca (``../shared/data/alpaca_data.json``;
+else gensim's ``lee_background``).
+
+Run: ``.venv/bin/python benchmarks/cbs.py [--compute 1e6]``; the last line
+printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import ray
+from corpora import default_corpus
+
+from orchestrator.batch_study import measured_points, round_spec, run_batch_study
+from orchestrator.cbs import fit_critical_batch
+from orchestrator.spec import parse_spec
+from orchestrator.sweep import SWEEP_ENV, run_sweep
+
+DENSE = (4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--compute", type=float, default=1e6)
+    args = parser.parse_args()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": SWEEP_ENV})
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = parse_spec(
+            {
+                "name": "cbs-bench", "output_dir": str(Path(tmp) / "finder"),
+                "data": {"corpus": default_corpus(), "val_fraction": 0.1, "eval_tokens": 8192},
+                "model": {"size": "small"}, "budget": {"compute": args.compute},
+                "train": {"eval_every": 5, "batch_size": 16, "peak_lr": 3e-3, "schedule.name": "constant"},
+                "search": {"seed": {"choice": [0]}}, "searcher": "grid",
+            }
+        )  # fmt: skip
+        study = run_batch_study(spec)
+        finder_compute = sum(_compute(Path(r)) for r in study.rounds)
+        grid_sizes = [b for b in DENSE if args.compute / (b * spec.model.seq_len) >= 10]
+        grid = run_sweep(round_spec(spec, Path(tmp) / "grid", grid_sizes, study.target))
+        points = measured_points(grid)
+        reached = points[points["reached"]]
+        grid_fit = fit_critical_batch(reached["batch_size"], reached["steps"])
+        grid_compute = _compute(grid.layout.root)
+    ray.shutdown()
+    gns = float(np.nanmean(points["gns"]))
+    result = {
+        "corpus": Path(default_corpus()).name,
+        "compute_per_trial": args.compute,
+        "target_loss": study.target,
+        "finder_bcrit": study.fit.b_crit,
+        "finder_bcrit_interval": list(study.fit.interval),
+        "finder_batch_sizes": study.points["batch_size"].tolist(),
+        "grid_bcrit": grid_fit.b_crit,
+        "grid_bcrit_interval": list(grid_fit.interval),
+        "grid_batch_sizes": grid_sizes,
+        "grid_reached": int(points["reached"].sum()),
+        "bcrit_ratio_to_grid": study.fit.b_crit / grid_fit.b_crit,
+        "finder_compute": finder_compute,
+        "grid_compute": grid_compute,
+        "compute_fraction_of_grid": finder_compute / grid_compute,
+        "gns_mean": gns,
+        "gns_ratio_to_grid_bcrit": gns / grid_fit.b_crit,
+    }
+    print(points.to_string(), file=sys.stderr)
+    print(json.dumps(result))
+
+
+def _compute(sweep_dir: Path) -> float:
+    """Every trial's compute in a sweep: its last report's."""
+    trials = pd.read_parquet(sweep_dir / "results" / "trials.parquet")
+    return float(trials["compute"].sum())
+
+
+if __name__ == "__main__":
+    main()
