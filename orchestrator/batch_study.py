@@ -41,7 +41,6 @@ from orchestrator.sweep import SweepOutcome, run_sweep
 from trainables.config import MIN_STEPS
 
 GEOMETRIC = (4, 16, 64, 256)  # a factor 4 apart: the refinement fills in around the knee
-MODEL_KEYS = ("seq_len", "n_layer", "n_head", "d_model")  # what a spec's model section may set
 
 
 class UnreachableTarget(ValueError):
@@ -134,9 +133,11 @@ def round_spec(spec: SweepSpec, output: Path, sizes: list[int], target: float | 
     train.setdefault("lr_reference_batch", int(spec.fixed_config().get("batch_size", 16)))
     if target is not None:
         train["target_loss"] = target
-    raw = _spec_sections(spec) | {
+    raw = yaml.safe_load(spec.source) | {
         "name": f"{spec.name}-{output.name}",
         "output_dir": str(output),
+        "budget": spec.budget.model_dump(),  # the pilot's is half the spec's
+        "storage": spec.storage,
         "train": train,
         "search": {"batch_size": {"choice": sorted(sizes)}},
         "searcher": "grid",
@@ -147,18 +148,6 @@ def round_spec(spec: SweepSpec, output: Path, sizes: list[int], target: float | 
         return parse_spec(raw)
     except SpecError as exc:
         raise SpecError([f"cbs round {output.name}: {p}" for p in exc.problems]) from None
-
-
-def _spec_sections(spec: SweepSpec) -> dict[str, Any]:
-    """The spec's sections as plain data, to derive other specs from."""
-    return {
-        "data": spec.data.model_dump(exclude_none=True),
-        "model": {k: v for k, v in dataclasses.asdict(spec.model).items() if k in MODEL_KEYS},
-        "budget": spec.budget.model_dump(),
-        "resources": spec.resources.model_dump(),
-        "concurrency": spec.concurrency or "auto",
-        **({"tracking": spec.tracking.model_dump(exclude_none=True)} if spec.tracking.uri else {}),
-    }
 
 
 def _final_loss(pilot: SweepOutcome) -> float:

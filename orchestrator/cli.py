@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a sweep spec on local Ray (or a cluster with --address)")
     run.add_argument("spec", type=Path)
-    run.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    _add_address(run)
     run.add_argument("--output", type=Path, help="sweep directory (default: the spec's output_dir, else sweeps/NAME)")
     run.add_argument(
         "--tracking-uri",
@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         "same MLflow runs.",
     )
     resume.add_argument("dir", type=Path)
-    resume.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    _add_address(resume)
     resume.add_argument("--tracking-uri", help="MLflow tracking URI (default: the one the sweep used)")
     resume.add_argument("--quiet", action="store_true", help="no line per trial event, only the summary")
     resume.set_defaults(command=_resume)
@@ -119,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     cbs.add_argument("--target", type=float, help="target validation loss (default: a pilot run picks it)")
     cbs.add_argument("--sizes", help="comma-separated batch sizes of the first round (default: powers of two)")
     cbs.add_argument("--output", type=Path, help="study directory (default: the spec's output_dir)")
-    cbs.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    _add_address(cbs)
     cbs.add_argument("--json", type=Path, metavar="OUT", help="also write the JSON object to OUT")
     cbs.add_argument("--write-to", type=Path, metavar="SPEC", help="write the spec with the found batch size")
     cbs.set_defaults(command=_cbs)
@@ -179,6 +179,11 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, help="default: a free port")
     ui.set_defaults(command=_ui)
     return parser
+
+
+def _add_address(command: argparse.ArgumentParser) -> None:
+    """The cluster to join, for the commands that run trials."""
+    command.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
 
 
 def _load(args: argparse.Namespace) -> SweepSpec:

@@ -225,7 +225,7 @@ def load_spec(path: str | Path) -> SweepSpec:
 
 
 def parse_spec(raw: Any, source: str = "") -> SweepSpec:
-    """Validate an already-parsed spec mapping."""
+    """Validate an already-parsed spec mapping; ``source`` is its text (by default, the mapping as YAML)."""
     problems: list[str] = []
     if not isinstance(raw, Mapping):
         raise SpecError([f"spec: must be a mapping of sections, got {type(raw).__name__}"])
@@ -272,7 +272,7 @@ def parse_spec(raw: Any, source: str = "") -> SweepSpec:
     output_dir = Path(top.output_dir) if top.output_dir else Path("sweeps") / top.name
     return SweepSpec(
         top.name, output_dir, data, model, budget, train, tuple(knobs), searcher, scheduler, trials,
-        concurrency, resources, tracking, source, top.storage,
+        concurrency, resources, tracking, source or yaml.safe_dump(dict(raw), sort_keys=False), top.storage,
     )  # fmt: skip
 
 

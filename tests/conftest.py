@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from trainables.data import SweepData, prepare_sweep_data
+
 # Token authentication on, as Ray 2.60 sets it up for new clusters, with one token for every Ray
 # the session starts (the local one, the multi-node cluster) and every process it runs. Set before
 # anything imports ray: a process reads its auth mode once.
@@ -43,6 +45,19 @@ TINY_SPEC: dict[str, Any] = {
     "scheduler": "fifo",
     "trials": 4,
 }
+
+
+# Trial settings of a model small enough for tests of the training loop, on 32-token windows.
+TINY_32 = {"model.seq_len": 32, "model.n_layer": 2, "model.n_head": 2, "model.d_model": 32}
+
+
+@pytest.fixture(scope="session")
+def lee32(tmp_path_factory: pytest.TempPathFactory) -> SweepData:
+    """Gensim's Lee corpus, prepared for ``TINY_32`` trials."""
+    return prepare_sweep_data(
+        "gensim:lee_background", val_fraction=0.1, seed=0, seq_len=32, eval_tokens=2048,
+        cache_dir=tmp_path_factory.mktemp("cache32"),
+    )  # fmt: skip
 
 
 def tiny_spec(**overrides: Any) -> dict[str, Any]:

@@ -12,23 +12,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import TINY_32
 from trainables import loop as loop_module
 from trainables.config import TrialConfig
-from trainables.data import SweepData, prepare_sweep_data
+from trainables.data import SweepData
 from trainables.loop import OBJECTIVE, train_lm
 from trainables.model import GPT, ModelConfig
 from trainables.optimizers import StepRule
 from trainables.patch import PatchBatcher, patch_loss
-
-TINY = {"model.seq_len": 32, "model.n_layer": 2, "model.n_head": 2, "model.d_model": 32}
-
-
-@pytest.fixture(scope="module")
-def lee(tmp_path_factory: pytest.TempPathFactory) -> SweepData:
-    return prepare_sweep_data(
-        "gensim:lee_background", val_fraction=0.1, seed=0, seq_len=32, eval_tokens=2048,
-        cache_dir=tmp_path_factory.mktemp("cache"),
-    )  # fmt: skip
 
 
 def _model(seed: int = 0) -> GPT:
@@ -117,7 +108,7 @@ def test_both_phases_read_one_shuffled_pass_over_the_data(
 
 
 def test_phase_split_follows_lambda_at_equal_compute() -> None:
-    settings = {**TINY, "budget.compute": 400_000, "batch_size": 8, "patch.K": 4, "patch.lambda": 2 / 3}
+    settings = {**TINY_32, "budget.compute": 400_000, "batch_size": 8, "patch.K": 4, "patch.lambda": 2 / 3}
     cfg = TrialConfig.from_flat({**settings, "schedule.name": "cosine"})
     patch_steps, token_steps = cfg.phase_steps
     patch_tokens = patch_steps * 8 * 32 * 4
@@ -132,7 +123,7 @@ def test_phase_split_follows_lambda_at_equal_compute() -> None:
 
 
 def test_phase_switch_keeps_weights_and_resets_optimizer_and_schedule(
-    lee: SweepData, monkeypatch: pytest.MonkeyPatch
+    lee32: SweepData, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     built: list[tuple[torch.optim.Optimizer, list[torch.Tensor]]] = []
     real = loop_module.build_step_rule
@@ -143,11 +134,18 @@ def test_phase_switch_keeps_weights_and_resets_optimizer_and_schedule(
         return rule
 
     monkeypatch.setattr(loop_module, "build_step_rule", recording)
-    settings = {**TINY, "budget.compute": 200_000, "batch_size": 8, "eval_every": 10, "patch.K": 4, "patch.lambda": 0.5}
+    settings = {
+        **TINY_32,
+        "budget.compute": 200_000,
+        "batch_size": 8,
+        "eval_every": 10,
+        "patch.K": 4,
+        "patch.lambda": 0.5,
+    }
     settings["schedule.name"] = "cosine"
     cfg = TrialConfig.from_flat(settings)
     reports: list[dict[str, Any]] = []
-    train_lm(cfg, lee, reports.append)
+    train_lm(cfg, lee32, reports.append)
     patch_steps, token_steps = cfg.phase_steps
     (patch_opt, at_start), (token_opt, at_switch) = built
     # The same parameters carry on: the token phase starts from the trained patch-phase weights.
@@ -166,13 +164,13 @@ def test_phase_switch_keeps_weights_and_resets_optimizer_and_schedule(
     assert reports[boundary - 1]["lr"] == pytest.approx(cfg.planned_lrs()[patch_steps - 1])
 
 
-def test_compute_accounting_over_a_whole_trial(lee: SweepData) -> None:
-    base = {**TINY, "budget.compute": 200_000, "batch_size": 8, "eval_every": 10}
+def test_compute_accounting_over_a_whole_trial(lee32: SweepData) -> None:
+    base = {**TINY_32, "budget.compute": 200_000, "batch_size": 8, "eval_every": 10}
     token_reports: list[dict[str, Any]] = []
-    train_lm(TrialConfig.from_flat(base), lee, token_reports.append)
+    train_lm(TrialConfig.from_flat(base), lee32, token_reports.append)
     patch_reports: list[dict[str, Any]] = []
     cfg = TrialConfig.from_flat({**base, "patch.K": 4, "patch.lambda": 2 / 3})
-    train_lm(cfg, lee, patch_reports.append)
+    train_lm(cfg, lee32, patch_reports.append)
     token_last, patch_last = token_reports[-1], patch_reports[-1]
     assert token_last["tokens"] == token_last["compute"] <= 200_000
     assert 200_000 - 8 * 32 < patch_last["compute"] <= 200_000  # the same compute ...

@@ -9,27 +9,18 @@ from typing import Any
 import pytest
 import torch
 
+from tests.conftest import TINY_32
 from trainables import loop as loop_module
 from trainables.config import TrialConfig
-from trainables.data import SweepData, prepare_sweep_data
+from trainables.data import SweepData
 from trainables.loop import train_lm
 from trainables.model import GPT, ModelConfig
 from trainables.optimizers import build_step_rule
 from trainables.patch import PatchBatcher
 
-TINY = {"model.seq_len": 32, "model.n_layer": 2, "model.n_head": 2, "model.d_model": 32}
-
-
-@pytest.fixture(scope="module")
-def lee(tmp_path_factory: pytest.TempPathFactory) -> SweepData:
-    return prepare_sweep_data(
-        "gensim:lee_background", val_fraction=0.1, seed=0, seq_len=32, eval_tokens=2048,
-        cache_dir=tmp_path_factory.mktemp("cache"),
-    )  # fmt: skip
-
 
 def _config(**settings: Any) -> TrialConfig:
-    return TrialConfig.from_flat({**TINY, "budget.compute": 120_000, "batch_size": 8, "eval_every": 25, **settings})
+    return TrialConfig.from_flat({**TINY_32, "budget.compute": 120_000, "batch_size": 8, "eval_every": 25, **settings})
 
 
 def _model() -> GPT:
@@ -37,10 +28,10 @@ def _model() -> GPT:
     return GPT(ModelConfig(seq_len=32, n_layer=2, n_head=2, d_model=32))
 
 
-def test_every_accepted_line_search_step_satisfies_armijo(lee: SweepData) -> None:
+def test_every_accepted_line_search_step_satisfies_armijo(lee32: SweepData) -> None:
     model = _model()
     cfg = _config(**{"optimizer.name": "armijo_sgd", "optimizer.line_search_start": 1.0})
-    batcher = PatchBatcher(lee.train.tokens, seq_len=32, patch_size=1, batch_size=8, seed=0)
+    batcher = PatchBatcher(lee32.train.tokens, seq_len=32, patch_size=1, batch_size=8, seed=0)
     per_epoch = batcher.batches_per_epoch(False)
     rule = build_step_rule(model, cfg, steps=60, batches_per_epoch=per_epoch)
     found = []
@@ -54,7 +45,7 @@ def test_every_accepted_line_search_step_satisfies_armijo(lee: SweepData) -> Non
     assert max(growth) <= 2 ** (1 / per_epoch) * (1 + 1e-12)  # at most 2x over an epoch
 
 
-def test_schedule_free_evaluates_at_the_averaged_weights(lee: SweepData, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_schedule_free_evaluates_at_the_averaged_weights(lee32: SweepData, monkeypatch: pytest.MonkeyPatch) -> None:
     modes: list[bool] = []
     real_evaluate = loop_module.evaluate
     rules = []
@@ -79,7 +70,7 @@ def test_schedule_free_evaluates_at_the_averaged_weights(lee: SweepData, monkeyp
     monkeypatch.setattr(loop_module, "build_step_rule", remember)
     monkeypatch.setattr(loop_module, "evaluate", spying)
     reports: list[dict[str, Any]] = []
-    train_lm(_config(**{"optimizer.name": "schedule_free_adamw"}), lee, reports.append)
+    train_lm(_config(**{"optimizer.name": "schedule_free_adamw"}), lee32, reports.append)
     assert modes and not any(modes)  # every evaluation ran in eval mode, at x
     assert rules[-1].optimizer.param_groups[0]["train_mode"]  # and training went back to y
 
@@ -94,9 +85,9 @@ def test_schedule_free_evaluates_at_the_averaged_weights(lee: SweepData, monkeyp
     ],
     ids=lambda s: s["optimizer.name"],
 )
-def test_each_adaptive_rule_reduces_the_loss_and_reports_its_rate(lee: SweepData, settings: dict) -> None:
+def test_each_adaptive_rule_reduces_the_loss_and_reports_its_rate(lee32: SweepData, settings: dict) -> None:
     reports: list[dict[str, Any]] = []
-    outcome = train_lm(_config(**settings), lee, reports.append)
+    outcome = train_lm(_config(**settings), lee32, reports.append)
     assert outcome.status == "completed"
     assert reports[-1]["val_loss"] < math.log(257) - 1.5  # far below an untrained model's 5.55
     assert reports[-1]["val_loss"] < reports[0]["val_loss"] + 1e-6
@@ -104,11 +95,11 @@ def test_each_adaptive_rule_reduces_the_loss_and_reports_its_rate(lee: SweepData
     assert reports[-1]["compute"] <= 120_000  # extra evaluations are paid for out of the same budget
 
 
-def test_self_rated_rules_pay_for_their_extra_work(lee: SweepData) -> None:
+def test_self_rated_rules_pay_for_their_extra_work(lee32: SweepData) -> None:
     plain: list[dict[str, Any]] = []
-    train_lm(_config(**{"optimizer.name": "sgd", "peak_lr": 0.3}), lee, plain.append)
+    train_lm(_config(**{"optimizer.name": "sgd", "peak_lr": 0.3}), lee32, plain.append)
     doubled: list[dict[str, Any]] = []
-    train_lm(_config(**{"optimizer.name": "vsgd"}), lee, doubled.append)
+    train_lm(_config(**{"optimizer.name": "vsgd"}), lee32, doubled.append)
     assert plain[-1]["step"] == 2 * doubled[-1]["step"]  # two gradients a step: half the steps
     assert plain[-1]["compute"] == doubled[-1]["compute"]
     assert len({round(r["lr"], 12) for r in doubled}) > 1  # a rate that moves, reported as used
