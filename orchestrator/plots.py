@@ -14,6 +14,7 @@ import pandas as pd
 from orchestrator.cbs import CriticalBatchFit
 from orchestrator.mpl import Curve, MPLFit
 from orchestrator.results import SweepResults
+from trainables.reversible import Hyperparameters
 
 
 def plot_val_loss(results: SweepResults, path: Path) -> Path:
@@ -111,6 +112,30 @@ def plot_batch_study(points: pd.DataFrame, fit: CriticalBatchFit | None, path: P
             ax.axvline(fit.b_crit, color="tab:green", linestyle="--", label=f"B_crit = {fit.b_crit:.1f}")
     steps_ax.legend(fontsize=8)
     examples_ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_learned_schedules(hyper: Hyperparameters, groups: list[str], history: pd.DataFrame, path: Path) -> Path:
+    """Learning rate and momentum of each group by block of steps (as the paper's figure 2), and each chain's loss."""
+    fig, (rates, momenta, losses) = plt.subplots(1, 3, figsize=(13, 4), dpi=110)
+    blocks = np.arange(1, hyper.blocks + 1)
+    for i, group in enumerate(groups):
+        rates.plot(blocks, np.exp(hyper.log_lr[:, i]), marker="o", markersize=3, label=group)
+        momenta.plot(blocks, hyper.momenta()[:, i], marker="o", markersize=3, label=group)
+    rates.set_yscale("log")
+    for ax, label in ((rates, "learning rate"), (momenta, "momentum")):
+        ax.set_xlabel("block of steps")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    rates.set_title("learned schedules (best meta-iteration)")
+    rates.legend(fontsize=7)
+    for chain, rows in history.groupby("chain"):
+        losses.plot(rows["meta_step"], rows["val_loss"], marker="o", label=f"chain {chain}")
+    losses.set_xlabel("meta-iteration")
+    losses.set_ylabel("validation loss (nats/token)")
+    losses.grid(alpha=0.3)
+    if not history.empty:
+        losses.legend(fontsize=7)
     return _save(fig, path)
 
 

@@ -1,4 +1,5 @@
-"""The searchers a spec can name: ``random`` and ``tpe`` through Optuna, ``grid`` over explicit points."""
+"""The searchers a spec can name: ``random`` and ``tpe`` through Optuna, ``grid`` over explicit points,
+``hypergrad`` (``orchestrator.hypergrad_search``) on exact hypergradients."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from orchestrator.hypergrad_search import HypergradSearcher
 from orchestrator.spec import SweepSpec
 from search_spaces.build import DefineByRunSpace, grid_points
+from trainables.hypertasks import lm_group_names
+from trainables.reversible import Hyperparameters
 
 METRIC, MODE = "val_loss", "min"
 
@@ -60,6 +65,8 @@ def build_searcher(spec: SweepSpec) -> Searcher:
     """The spec's searcher, optimising ``val_loss`` (the last one a trial reports)."""
     if spec.searcher.name == "grid":
         return GridSearcher(grid_points(spec.knobs), metric=METRIC, mode=MODE)
+    if spec.searcher.name == "hypergrad":
+        return _hypergrad_searcher(spec)
     if spec.searcher.name == "random":
         sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=spec.searcher.seed)
     else:
@@ -71,3 +78,19 @@ def build_searcher(spec: SweepSpec) -> Searcher:
                 seed=spec.searcher.seed, n_startup_trials=startup, multivariate=True, group=True
             )
     return OptunaSearch(space=DefineByRunSpace(spec.knobs), metric=METRIC, mode=MODE, sampler=sampler)
+
+
+def _hypergrad_searcher(spec: SweepSpec) -> HypergradSearcher:
+    """Chains over a shuffled cycle of the spec's knob combinations, each with its own seed."""
+    section = spec.searcher
+    initial = Hyperparameters.initial(
+        blocks=section.blocks, groups=len(lm_group_names(spec.model)), lr=section.init_lr,
+        momentum=section.init_momentum, weight_decay=section.init_weight_decay,
+    )  # fmt: skip
+    points = grid_points(spec.knobs) if spec.knobs else [{}]
+    order = np.random.default_rng(section.seed).permutation(len(points))
+    chains = [{**points[order[i % len(points)]], "seed": section.seed + i} for i in range(section.chains)]
+    return HypergradSearcher(
+        initial, chains, meta_steps=section.meta_steps, meta_lr=section.meta_lr, patience=section.patience,
+        metric=METRIC, mode=MODE,
+    )  # fmt: skip

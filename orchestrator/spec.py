@@ -83,9 +83,17 @@ class ModelSection(_Section):
 
 
 class SearcherSection(_Section):
-    name: Literal["random", "grid", "tpe"] = "random"
+    name: Literal["random", "grid", "tpe", "hypergrad"] = "random"
     seed: int = Field(0, ge=0)
     n_startup_trials: int | None = Field(None, ge=1, description="tpe: random trials before TPE takes over")
+    chains: int = Field(4, ge=1, description="hypergrad: independent chains, each with its own seed and knob values")
+    meta_steps: int = Field(10, ge=1, description="hypergrad: meta-iterations per chain at most")
+    meta_lr: float = Field(0.05, gt=0, description="hypergrad: Adam's step on the log/logit hyperparameters")
+    patience: int = Field(2, ge=1, description="hypergrad: growths of the meta-gradient norm in a row that end a chain")
+    blocks: int = Field(10, ge=1, le=100, description="hypergrad: blocks of steps with their own rate and momentum")
+    init_lr: float = Field(0.05, gt=0, description="hypergrad: every block's and group's first learning rate")
+    init_momentum: float = Field(0.9, gt=0, lt=1, description="hypergrad: the first momentum")
+    init_weight_decay: float = Field(1e-4, gt=0, description="hypergrad: the first L2 penalty per group")
 
 
 class SchedulerSection(_Section):
@@ -252,10 +260,12 @@ def parse_spec(raw: Any, source: str = "") -> SweepSpec:
     train = _train_values(top.train, fields, problems)
     knobs = _knobs(top.search, fields, set(train), problems)
 
-    if searcher.name == "grid":
+    if searcher.name in ("grid", "hypergrad"):
         for knob in knobs:
             if knob.kind != "choice":
-                problems.append(f"search.{knob.name}: the grid searcher takes only choice knobs (got {knob.kind})")
+                problems.append(
+                    f"search.{knob.name}: the {searcher.name} searcher takes only choice knobs (got {knob.kind})"
+                )
     trials = _trial_count(top.trials, searcher, knobs, problems)
 
     if model is not None and budget is not None:
@@ -263,6 +273,8 @@ def parse_spec(raw: Any, source: str = "") -> SweepSpec:
         _check_knob_values(knobs, base, problems)
         if resources is not None and resources.workers > 1:
             _check_workers(resources.workers, knobs, base, problems)
+        if searcher.name == "hypergrad":
+            _check_hypergrad(searcher, scheduler, resources, knobs, train, base, problems)
         # Combinations are only worth checking once every single value is fine.
         if not problems:
             _check_combinations(knobs, base, problems)
@@ -542,6 +554,14 @@ def _when(path: str, raw: Any, earlier: Mapping[str, Knob], problems: list[str])
 
 
 def _trial_count(trials: int | None, searcher: SearcherSection, knobs: list[Knob], problems: list[str]) -> int:
+    if searcher.name == "hypergrad":
+        most = searcher.chains * searcher.meta_steps
+        if trials is not None and trials != most:
+            problems.append(
+                f"trials: the hypergrad searcher runs at most searcher.chains x searcher.meta_steps = {most} "
+                "meta-iterations; drop trials or set it to that"
+            )
+        return most
     if searcher.name != "grid":
         return trials or 8
     size = sum(1 for _ in combinations(knobs, lambda knob: knob.values)) if knobs else 0
@@ -594,6 +614,41 @@ def _check_workers(workers: int, knobs: list[Knob], base: Mapping[str, Any], pro
     for size in values:
         if int(size) % workers:
             problems.append(f"{where}: batch size {size} does not divide among resources.workers ({workers})")
+
+
+# What the hypergrad searcher learns itself, or what the reversible trainer does not do.
+_HYPERGRAD_OWNS = ("peak_lr", "weight_decay", "lr_scaling", "grad_clip", "optimizer.", "schedule.", "patch.")
+
+
+def _check_hypergrad(
+    searcher: SearcherSection,
+    scheduler: SchedulerSection,
+    resources: ResourcesSection | None,
+    knobs: list[Knob],
+    train: Mapping[str, Any],
+    base: Mapping[str, Any],
+    problems: list[str],
+) -> None:
+    """The reversible trainer runs SGD with momentum at token level on one worker, every meta-iteration to the end."""
+    owned = [f"search.{k.name}" for k in knobs if k.name.startswith(_HYPERGRAD_OWNS) or k.name == "seed"]
+    owned += [f"train.{key}" for key in train if key.startswith(_HYPERGRAD_OWNS) or key == "seed"]
+    for where in owned:
+        problems.append(
+            f"{where}: the hypergrad searcher sets this itself (rates, momentum and weight decay are learned, "
+            "the optimizer is reversible SGD with momentum at token level, each chain has its own seed); drop it"
+        )
+    if scheduler.name != "fifo":
+        problems.append(f"scheduler.name: the hypergrad searcher needs every meta-iteration to finish; use fifo "
+                        f"(got {scheduler.name})")  # fmt: skip
+    if resources is not None and resources.distributed:
+        problems.append("resources: the reversible trainer runs on one CPU worker; drop workers and gpus")
+    sizes = next((k.extremes() for k in knobs if k.name == "batch_size"), (base.get("batch_size", 16),))
+    fewest = min(base["budget.compute"] // (int(b) * base["model.seq_len"]) for b in sizes)
+    if fewest < searcher.blocks:
+        problems.append(
+            f"searcher.blocks: {searcher.blocks} blocks need at least as many steps, but budget.compute gives "
+            f"{fewest:g} at the largest batch size"
+        )
 
 
 def _fixed_path(key: str) -> str:

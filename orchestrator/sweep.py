@@ -20,6 +20,7 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from orchestrator.hypergrad_report import report_chains
 from orchestrator.layout import SweepDirError, SweepLayout, SweepRecord
 from orchestrator.plots import plot_predictions, plot_val_loss
 from orchestrator.progress import ConsoleProgress
@@ -41,7 +42,7 @@ from orchestrator.tracking import (
 from trainables.data import SweepData, prepare_sweep_data
 from trainables.loop import OBJECTIVE
 from trainables.selection import Progress
-from trainables.trial import lm_trial, lm_trial_distributed
+from trainables.trial import hypergrad_trial, lm_trial, lm_trial_distributed
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,8 @@ def run_sweep(
     artifacts = write_results(results, layout.results_dir)
     if not results.metrics.empty:
         artifacts.append(plot_val_loss(results, layout.results_dir / "val_loss.png"))
+    if spec.searcher.name == "hypergrad":
+        artifacts += report_chains(results, spec.model, client, parent_run_id, layout.results_dir)
     predictions = read_predictions(layout.root)
     if not predictions.empty:
         artifacts.append(plot_predictions(predictions, results, layout.results_dir / "mpl_predictions.png"))
@@ -174,6 +177,8 @@ def connect_ray(address: str | None) -> None:
 def _trainable(spec: SweepSpec, storage: TrialStorage, data: SweepData) -> Any:
     """A plain Tune function for one-worker CPU trials; a driver of a Ray Train ``TorchTrainer`` otherwise."""
     resources = spec.resources
+    if spec.searcher.name == "hypergrad":
+        return tune.with_resources(tune.with_parameters(hypergrad_trial, data=data), {"cpu": resources.cpus})
     if not resources.distributed:
         return tune.with_resources(tune.with_parameters(lm_trial, data=data), {"cpu": resources.cpus})
     driver = tune.with_parameters(

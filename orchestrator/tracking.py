@@ -11,6 +11,7 @@ sweep's parent run, so running a sweep again or resuming it reuses them.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -21,7 +22,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
+from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
@@ -80,10 +81,31 @@ def _run_in_experiment(client: MlflowClient, run_id: str, experiment_id: str) ->
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
-    """Every set parameter (an unset one, such as another schedule's law, says nothing)."""
-    items = [Param(key, str(value)) for key, value in params.items() if value is not None]
+    """Every set parameter (an unset one, such as another schedule's law, says nothing).
+
+    A value longer than MLflow allows (a learned schedule's list) goes whole into an artifact
+    ``params/KEY.json``, which the parameter names.
+    """
+    items = []
+    for key, value in params.items():
+        if value is None:
+            continue
+        text = str(value)
+        if len(text) > MAX_PARAM_VAL_LENGTH:
+            artifact = f"params/{key}.json"
+            client.log_text(run_id, json.dumps(value), artifact)
+            text = f"(too long: in artifact {artifact})"
+        items.append(Param(key, text))
     for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
         client.log_batch(run_id, params=chunk)
+
+
+def log_metric_series(client: MlflowClient, run_id: str, points: Iterable[tuple[str, float, int]]) -> None:
+    """Metric histories given as (key, value, step), in batches."""
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, value, now, step) for key, value, step in points]
+    for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=chunk)
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:

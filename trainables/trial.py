@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from trainables.config import TrialConfig
 from trainables.data import SweepData
-from trainables.loop import train_lm
+from trainables.hypertasks import lm_meta_iteration
+from trainables.loop import DIVERGED, train_lm
+from trainables.reversible import CONFIG_PREFIX, Hyperparameters
 from trainables.workers import Workers
 
 CHECKPOINT_FILE = "run.pt"
@@ -120,3 +123,16 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     resume = _resumed(ray.train.get_checkpoint())
     cfg = TrialConfig.from_flat(loop_config["config"])
     train_lm(cfg, data, report=ray.train.report, device=device, workers=workers, save=save, resume=resume)
+
+
+def hypergrad_trial(config: dict[str, Any], data: SweepData) -> None:
+    """One meta-iteration of the ``hypergrad`` searcher: train the LM reversibly, reverse, report hypergradients."""
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    torch.set_num_threads(max(1, int(cpus)))
+    hyper = {k.removeprefix(CONFIG_PREFIX): v for k, v in config.items() if k.startswith(CONFIG_PREFIX)}
+    cfg = TrialConfig.from_flat({k: v for k, v in config.items() if not k.startswith(CONFIG_PREFIX)})
+    try:
+        report = lm_meta_iteration(cfg, data, Hyperparameters.from_dict(hyper))
+    except OverflowError:  # the weights left the fixed-point range: the rates are too high
+        report = {DIVERGED: 1.0, "val_loss": math.nan, "step": 0.0, "compute": 0.0}
+    tune.report(report)

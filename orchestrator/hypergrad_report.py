@@ -1,0 +1,71 @@
+"""What a ``hypergrad`` sweep shows once it ends: each chain's meta-iterations, on the parent run and in a picture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from orchestrator.plots import plot_learned_schedules
+from orchestrator.results import CONFIG_PREFIX, SweepResults
+from orchestrator.tracking import log_metric_series
+from trainables.hypertasks import lm_group_names
+from trainables.model import ModelConfig
+from trainables.reversible import CONFIG_PREFIX as HYPER_PREFIX
+from trainables.reversible import GRAD_NORM, Hyperparameters
+
+CHAIN, META_STEP = f"{CONFIG_PREFIX}{HYPER_PREFIX}chain", f"{CONFIG_PREFIX}{HYPER_PREFIX}meta_step"
+
+
+def chain_history(results: SweepResults) -> pd.DataFrame:
+    """One row per meta-iteration that reported: chain, meta_step, val_loss, meta_grad_norm, trial_id."""
+    trials = results.trials
+    if trials.empty or CHAIN not in trials or results.metrics.empty or GRAD_NORM not in results.metrics:
+        return pd.DataFrame(columns=["chain", "meta_step", "val_loss", GRAD_NORM, "trial_id"])
+    norms = results.metrics.groupby("trial_id")[GRAD_NORM].last()
+    history = pd.DataFrame(
+        {
+            "chain": trials[CHAIN].astype(int),
+            "meta_step": trials[META_STEP].astype(int),
+            "val_loss": trials["val_loss"],
+            GRAD_NORM: trials["trial_id"].map(norms),
+            "trial_id": trials["trial_id"],
+        }
+    )
+    return history.dropna(subset=[GRAD_NORM]).sort_values(["chain", "meta_step"], ignore_index=True)
+
+
+def best_hyperparameters(results: SweepResults) -> Hyperparameters | None:
+    """The hyperparameters of the meta-iteration with the lowest validation loss."""
+    best = results.best()
+    if best is None or f"{CONFIG_PREFIX}{HYPER_PREFIX}log_lr" not in best:
+        return None
+    return Hyperparameters.from_dict(
+        {name: _nested_array(best[f"{CONFIG_PREFIX}{HYPER_PREFIX}{name}"]) for name in Hyperparameters.FIELDS}
+    )
+
+
+def _nested_array(value: object) -> np.ndarray:
+    """A config's nested list as an array, whether fresh from Tune (lists) or read back from Parquet (arrays)."""
+    rows = value.tolist() if isinstance(value, np.ndarray) else value
+    return np.array([np.asarray(r, dtype=float) for r in rows] if rows and np.ndim(rows[0]) else rows, dtype=float)
+
+
+def report_chains(
+    results: SweepResults, model: ModelConfig, client: MlflowClient, run_id: str, directory: Path
+) -> list[Path]:
+    """Log every chain's losses and meta-gradient norms by meta-step on the parent run; draw the learned schedules."""
+    history = chain_history(results)
+    series = [
+        (f"chain{row.chain}.{key}", float(getattr(row, key)), int(row.meta_step))
+        for row in history.itertuples()
+        for key in ("val_loss", GRAD_NORM)
+    ]
+    log_metric_series(client, run_id, series)
+    best = best_hyperparameters(results)
+    if best is None:
+        return []
+    directory.mkdir(parents=True, exist_ok=True)
+    return [plot_learned_schedules(best, lm_group_names(model), history, directory / "learned_schedules.png")]

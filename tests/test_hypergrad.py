@@ -1,0 +1,293 @@
+"""Exact reversal of SGD with momentum, its hypergradients, and the searcher that steps on them."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from ray.tune.search import Searcher
+
+from orchestrator.hypergrad_report import chain_history
+from orchestrator.hypergrad_search import HypergradSearcher, adam_step, gradient_growing
+from orchestrator.spec import SpecError, load_spec, parse_spec
+from orchestrator.sweep import run_sweep
+from tests.conftest import REPO
+from trainables.hypertasks import DigitsTask
+from trainables.information_buffer import DENOMINATOR, InformationBuffer, divide_exact, multiply_exact
+from trainables.reversible import (
+    GRAD_PREFIX,
+    Hyperparameters,
+    ReversibleSGD,
+    hypergradients,
+    meta_iteration_report,
+    unrolled_hypergradients,
+)
+
+
+@pytest.fixture(scope="module")
+def digits() -> DigitsTask:
+    return DigitsTask(hidden=(12, 12), train_size=400, batch_size=40, seed=0)
+
+
+def _varied(task: DigitsTask, blocks: int, seed: int = 1) -> Hyperparameters:
+    """Different rates, momenta, decays and scales in every block and group, so no mix-up can cancel out."""
+    start = Hyperparameters.initial(blocks=blocks, groups=len(task.groups), lr=0.3, momentum=0.85, weight_decay=1e-3)
+    noise = np.random.default_rng(seed).standard_normal(start.vector().size)
+    return start.with_vector(start.vector() + 0.3 * noise)
+
+
+def test_buffer_round_trip_with_mixed_bases() -> None:
+    generator = torch.Generator().manual_seed(0)
+    buffer = InformationBuffer(500)
+    pushed = []
+    for _ in range(300):
+        base = torch.randint(2, 2**31, (500,), generator=generator)
+        symbols = (torch.rand(500, generator=generator, dtype=torch.float64) * base).long()
+        buffer.push_uniform(symbols, base)
+        low = torch.randint(0, DENOMINATOR, (500,), generator=generator)
+        buffer.push_low_bits(low)
+        pushed.append((symbols, base, low))
+    for symbols, base, low in reversed(pushed):
+        assert torch.equal(buffer.pop_low_bits(), low)
+        assert torch.equal(buffer.pop_uniform(base), symbols)
+    assert torch.equal(buffer.depth, torch.zeros(500, dtype=torch.int64))
+    assert float(buffer.bits().max()) == 0.0
+
+
+def test_exact_multiplication_is_close_to_the_product_and_undoes() -> None:
+    values = torch.randint(-(2**50), 2**50, (1000,), generator=torch.Generator().manual_seed(1))
+    numerator = torch.randint(2, DENOMINATOR, (1000,), generator=torch.Generator().manual_seed(2))
+    buffer = InformationBuffer(1000)
+    scaled = multiply_exact(values, numerator, buffer)
+    exact = values.double() * numerator.double() / DENOMINATOR
+    assert float(((scaled.double() - exact).abs() / numerator.double()).max()) <= 1.0 + 1e-9
+    assert torch.equal(divide_exact(scaled, numerator, buffer), values)
+
+
+@pytest.mark.parametrize("momentum", [0.9, 0.5])
+def test_buffer_grows_by_log2_of_one_over_momentum(momentum: float) -> None:
+    sgd = ReversibleSGD(torch.zeros(2000, dtype=torch.float64))
+    numerator = torch.full((2000,), round(momentum * DENOMINATOR))
+    generator = torch.Generator().manual_seed(3)
+    lr = torch.full((2000,), 0.1, dtype=torch.float64)
+    bits = []
+    for step in range(600):
+        sgd.step(torch.randn(2000, generator=generator, dtype=torch.float64), lr, numerator)
+        if step in (99, 599):
+            bits.append(float(sgd.buffer.bits().mean()))
+    per_step = (bits[1] - bits[0]) / 500
+    assert per_step == pytest.approx(math.log2(1 / momentum), rel=0.05)
+
+
+def test_reversal_recovers_initial_weights_bit_for_bit_after_1000_steps() -> None:
+    task = DigitsTask(hidden=(8,), train_size=300, batch_size=20, seed=0)
+    hyper = Hyperparameters.initial(blocks=10, groups=len(task.groups), lr=0.2, momentum=0.9)
+    outcome = hypergradients(task, hyper, steps=1000)
+    assert outcome.exact
+    assert outcome.val_loss < 1.0  # it did learn: the chance level is log(10) = 2.3
+    assert outcome.buffer_bits == pytest.approx(1000 * math.log2(1 / 0.9), rel=0.05)
+
+
+def test_hypergradients_agree_with_autograd_through_the_unrolled_steps(digits: DigitsTask) -> None:
+    hyper = _varied(digits, blocks=4)
+    outcome = hypergradients(digits, hyper, steps=60)
+    val_loss, reference = unrolled_hypergradients(digits, hyper, steps=60)
+    assert outcome.exact
+    assert outcome.val_loss == pytest.approx(val_loss, rel=1e-8)
+    for name in Hyperparameters.FIELDS:
+        ours, theirs = getattr(outcome.grads, name), getattr(reference, name)
+        assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max(), name
+        assert np.abs(theirs).max() > 0, name
+
+
+def test_hypergradients_agree_with_finite_differences(digits: DigitsTask) -> None:
+    hyper = _varied(digits, blocks=3, seed=2)
+    outcome = hypergradients(digits, hyper, steps=30)
+    vector = hyper.vector()
+    sizes = {name: getattr(hyper, name).size for name in Hyperparameters.FIELDS}
+    offsets = dict(zip(sizes, np.cumsum([0, *sizes.values()])[:-1], strict=True))
+    # One entry of each continuous family, differenced on the same training in plain float64 (smooth,
+    # where the fixed-point run carries noise of 1e-11); the momentum moves in steps of 1 / 2^16, below.
+    for name, index in (("log_lr", 4), ("log_weight_decay", 1), ("log_init_scale", 2)):
+        eps = 1e-5
+        shifted = [vector.copy(), vector.copy()]
+        shifted[0][offsets[name] + index] += eps
+        shifted[1][offsets[name] + index] -= eps
+        plus, minus = (unrolled_hypergradients(digits, hyper.with_vector(v), steps=30)[0] for v in shifted)
+        assert outcome.grads.vector()[offsets[name] + index] == pytest.approx((plus - minus) / (2 * eps), rel=1e-4)
+    # Momentum: one numerator up and down, as a derivative in the momentum itself.
+    block, group = 1, 3
+    momentum = hyper.momenta()[block, group]
+    values = []
+    for step in (1, -1):
+        moved = Hyperparameters(**{n: getattr(hyper, n).copy() for n in Hyperparameters.FIELDS})
+        target = momentum + step / DENOMINATOR
+        moved.logit_momentum[block, group] = math.log(target / (1 - target))
+        values.append(hypergradients(digits, moved, steps=30).val_loss)
+    smooth = 1 / (1 + math.exp(-hyper.logit_momentum[block, group]))
+    by_momentum = outcome.grads.logit_momentum[block, group] / (smooth * (1 - smooth))
+    assert by_momentum == pytest.approx((values[0] - values[1]) * DENOMINATOR / 2, rel=1e-2)
+
+
+def test_hyperparameters_reject_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="one value per group"):
+        Hyperparameters(np.zeros((2, 3)), np.zeros((2, 3)), np.zeros(2), np.zeros(3))
+    with pytest.raises(ValueError, match="momentum must be in"):
+        Hyperparameters.initial(blocks=1, groups=1, lr=0.1, momentum=1.0)
+
+
+def test_divergence_is_a_clear_error(digits: DigitsTask) -> None:
+    hyper = Hyperparameters.initial(blocks=1, groups=len(digits.groups), lr=1e4, momentum=0.5)
+    with pytest.raises(OverflowError, match="lower the learning rate"):
+        hypergradients(digits, hyper, steps=50)
+
+
+def test_adam_step_matches_torch_adam() -> None:
+    point = np.array([0.5, -1.0, 2.0])
+    parameter = torch.tensor(point, requires_grad=True)
+    optimizer = torch.optim.Adam([parameter], lr=0.1)
+    first = second = np.zeros(3)
+    for step, grad in enumerate((np.array([1.0, -2.0, 0.5]), np.array([0.3, 0.1, -4.0])), start=1):
+        point, first, second = adam_step(point, grad, first, second, step=step, lr=0.1)
+        parameter.grad = torch.tensor(grad)
+        optimizer.step()
+    np.testing.assert_allclose(point, parameter.detach().numpy(), rtol=1e-7)
+
+
+def test_gradient_growing_needs_patience_growths_in_a_row() -> None:
+    assert not gradient_growing([3.0, 2.0, 2.5], patience=2)
+    assert gradient_growing([3.0, 2.0, 2.5, 2.6], patience=2)
+    assert not gradient_growing([3.0, 2.0, 2.5, 2.4], patience=2)
+    assert gradient_growing([1.0, 2.0], patience=1)
+
+
+def _result(grad_scale: float, loss: float) -> dict:
+    start = Hyperparameters.initial(blocks=2, groups=2, lr=0.1, momentum=0.9)
+    return {
+        "val_loss": loss,
+        **{f"{GRAD_PREFIX}{k}": (np.ones_like(getattr(start, k)) * grad_scale).tolist() for k in start.FIELDS},
+    }
+
+
+def test_searcher_steps_each_chain_and_ends_it_when_the_meta_gradient_grows(tmp_path) -> None:
+    start = Hyperparameters.initial(blocks=2, groups=2, lr=0.1, momentum=0.9)
+    searcher = HypergradSearcher(start, [{"batch_size": 8}, {"batch_size": 16}], meta_steps=10, meta_lr=0.1)
+    first, second = searcher.suggest("a"), searcher.suggest("b")
+    assert (first["batch_size"], second["batch_size"]) == (8, 16)
+    assert searcher.suggest("c") is None  # both chains have a trial in flight
+    searcher.on_trial_complete("a", _result(1.0, 2.0))
+    moved = searcher.suggest("c")
+    assert moved["hypergrad.chain"] == 0 and moved["hypergrad.meta_step"] == 1
+    # A positive gradient lowers every log rate by Adam's first step, meta_lr.
+    np.testing.assert_allclose(np.array(moved["hypergrad.log_lr"]), math.log(0.1) - 0.1, rtol=1e-9)
+
+    checkpoint = tmp_path / "searcher.pkl"
+    searcher.save(str(checkpoint))
+    restored = HypergradSearcher(start, [{}], meta_steps=1, meta_lr=1.0)
+    restored.restore(str(checkpoint))
+    assert restored.suggest("c2")["hypergrad.log_lr"] == moved["hypergrad.log_lr"]
+
+    searcher.on_trial_complete("c", _result(2.0, 1.9))
+    searcher.on_trial_complete("d", None)  # unknown trial: ignored
+    searcher.on_trial_complete("b", None, error=True)
+    third = searcher.suggest("e")
+    searcher.on_trial_complete("e", _result(3.0, 1.8))
+    summaries = searcher.chain_summaries()
+    assert third["hypergrad.meta_step"] == 2
+    assert summaries[0]["ended"] == "meta-gradient growing"
+    assert summaries[0]["val_loss"] == [2.0, 1.9, 1.8]
+    assert summaries[1]["ended"] == "trial failed"
+    assert searcher.suggest("f") == Searcher.FINISHED
+    assert pickle.loads(pickle.dumps(searcher)).chain_summaries() == summaries
+
+
+def test_searcher_ends_a_chain_after_its_meta_steps_and_on_divergence() -> None:
+    start = Hyperparameters.initial(blocks=2, groups=2, lr=0.1, momentum=0.9)
+    searcher = HypergradSearcher(start, [{}, {}], meta_steps=1, meta_lr=0.1)
+    searcher.suggest("a"), searcher.suggest("b")
+    searcher.on_trial_complete("a", _result(1.0, 2.0))
+    searcher.on_trial_complete("b", _result(1.0, math.nan))
+    assert [s["ended"] for s in searcher.chain_summaries()] == ["meta_steps done", "diverged"]
+    with pytest.raises(ValueError, match="meta_lr must be positive"):
+        HypergradSearcher(start, [{}], meta_steps=1, meta_lr=0.0)
+
+
+def test_meta_iteration_report_carries_the_gradients(digits: DigitsTask) -> None:
+    hyper = Hyperparameters.initial(blocks=2, groups=len(digits.groups), lr=0.2, momentum=0.9)
+    report = meta_iteration_report(hypergradients(digits, hyper, steps=10))
+    assert report["reversal_exact"] == 1.0
+    grads = Hyperparameters.from_dict({k: report[f"{GRAD_PREFIX}{k}"] for k in Hyperparameters.FIELDS})
+    assert report["meta_grad_norm"] == pytest.approx(float(np.linalg.norm(grads.vector())))
+
+
+HYPERGRAD_SPEC: dict = {
+    "data": {"corpus": "gensim:lee_background", "val_fraction": 0.1, "eval_tokens": 1024},
+    "model": {"size": "tiny"},
+    "budget": {"compute": 10240},  # 20 steps of 8 x 64 tokens, 10 of 16 x 64
+    "search": {"batch_size": {"choice": [8, 16]}},
+    "searcher": {"name": "hypergrad", "chains": 2, "meta_steps": 2, "blocks": 4, "init_lr": 0.3, "meta_lr": 0.1},
+    "scheduler": "fifo",
+}
+
+
+HYPERGRAD_PROBLEMS = {
+    "continuous knob": ({"search": {"batch_size": {"choice": [8]}, "seed": {"choice": [0, 1]}}}, "search.seed"),
+    "learned knob": ({"search": {"peak_lr": {"loguniform": [0.01, 0.1]}}}, "search.peak_lr: the hypergrad searcher"),
+    "schedule in train": ({"train": {"schedule.name": "cosine"}}, "train.schedule.name: the hypergrad searcher"),
+    "pruning": ({"scheduler": "asha"}, "scheduler.name: the hypergrad searcher needs every meta-iteration"),
+    "workers": ({"resources": {"workers": 2}}, "resources: the reversible trainer runs on one CPU worker"),
+    "blocks": ({"searcher": {"name": "hypergrad", "blocks": 20}}, "searcher.blocks: 20 blocks need"),
+    "trials": ({"trials": 3}, "trials: the hypergrad searcher runs at most"),
+    "patch": ({"train": {"patch.K": 4, "patch.share": 0.5}}, "train.patch.K: the hypergrad searcher sets"),
+}
+
+
+@pytest.mark.parametrize("change, expected", HYPERGRAD_PROBLEMS.values(), ids=HYPERGRAD_PROBLEMS.keys())
+def test_hypergrad_spec_problems_name_the_field(change: dict, expected: str) -> None:
+    raw = {"name": "bad", **HYPERGRAD_SPEC, **change}
+    with pytest.raises(SpecError) as caught:
+        parse_spec(raw)
+    assert any(expected in line for line in caught.value.problems), caught.value.problems
+
+
+def test_shipped_hypergrad_spec_is_valid() -> None:
+    spec = load_spec(REPO / "search_spaces" / "hypergrad.yaml")
+    assert spec.searcher.name == "hypergrad" and spec.trials == spec.searcher.chains * spec.searcher.meta_steps
+
+
+def test_hypergrad_sweep_on_ray_logs_every_meta_iteration(local_ray: None, tmp_path) -> None:
+    raw = {"name": "hyper", "output_dir": str(tmp_path / "hyper"), **HYPERGRAD_SPEC}
+    outcome = run_sweep(parse_spec(raw))
+    trials = outcome.results.trials
+    assert len(trials) == 4 and set(trials["status"]) == {"completed"}
+    assert sorted(trials["config.batch_size"]) == [8, 8, 16, 16]  # each chain keeps its knob
+    history = chain_history(outcome.results)
+    assert history[["chain", "meta_step"]].values.tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    metrics = outcome.results.metrics.set_index("trial_id")
+    assert (metrics["reversal_exact"] == 1.0).all()
+    # The second meta-iteration of a chain starts one Adam step away from the first.
+    first, second = (trials[(trials["config.hypergrad.chain"] == 0) & (trials["config.hypergrad.meta_step"] == k)]
+                     for k in (0, 1))  # fmt: skip
+    moved = np.abs(
+        np.array(second["config.hypergrad.log_lr"].iloc[0]) - np.array(first["config.hypergrad.log_lr"].iloc[0])
+    )
+    assert np.allclose(moved, 0.1, rtol=1e-4)  # Adam's first step is meta_lr, up to its eps
+
+    client = MlflowClient(outcome.record.tracking_uri)
+    parent = outcome.record.parent_run_id
+    for chain in (0, 1):
+        losses = client.get_metric_history(parent, f"chain{chain}.val_loss")
+        expected = history[history["chain"] == chain]
+        assert [m.step for m in losses] == [0, 1]
+        assert [m.value for m in losses] == pytest.approx(expected["val_loss"].tolist())
+        assert len(client.get_metric_history(parent, f"chain{chain}.meta_grad_norm")) == 2
+    artifacts = {a.path for a in client.list_artifacts(parent)}
+    assert "learned_schedules.png" in artifacts
+    child = client.search_runs(
+        [outcome.record.experiment_id], filter_string=f"tags.effsweep.trial_id = '{trials['trial_id'].iloc[0]}'"
+    )[0]
+    assert child.data.metrics["meta_grad_norm"] > 0 and "hypergrad.log_lr" in child.data.params
