@@ -8,8 +8,9 @@ is one meta-iteration, which trains T steps, reverses them and reports the
 hypergradients of its validation loss; the chain's next trial starts from
 one Adam step further. A chain ends after ``meta_steps`` meta-iterations,
 when a trial fails or diverges, or when the norm of its meta-gradient has
-grown ``patience`` times in a row: Maclaurin et al. (2015) find that past
-that point the hypergradient becomes chaotic and stops being useful.
+grown past ``growth`` times its smallest value and stayed there for
+``patience`` meta-iterations: Maclaurin et al. (2015) find that the
+hypergradient then becomes chaotic and stops being useful.
 
 Example:
     >>> from trainables.reversible import Hyperparameters
@@ -28,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 import math
 import pickle
 from collections.abc import Mapping, Sequence
@@ -66,6 +66,7 @@ class HypergradSearcher(Searcher):
         meta_steps: int,
         meta_lr: float,
         patience: int = 2,
+        growth: float = 5.0,
         metric: str | None = None,
         mode: str | None = None,
     ) -> None:
@@ -77,9 +78,11 @@ class HypergradSearcher(Searcher):
             raise ValueError(f"meta_lr must be positive, got {meta_lr}")
         if patience < 1:
             raise ValueError(f"patience must be at least 1, got {patience}")
+        if growth <= 1:
+            raise ValueError(f"growth must exceed 1, got {growth}")
         super().__init__(metric=metric, mode=mode)
         self._template = initial
-        self._meta_steps, self._meta_lr, self._patience = meta_steps, meta_lr, patience
+        self._meta_steps, self._meta_lr, self._patience, self._growth = meta_steps, meta_lr, patience, growth
         start = initial.vector()
         self._chains = [
             _Chain(i, dict(d), start.copy(), np.zeros_like(start), np.zeros_like(start)) for i, d in enumerate(chains)
@@ -116,7 +119,7 @@ class HypergradSearcher(Searcher):
         chain.losses.append(loss)
         chain.norms.append(float(np.linalg.norm(grad)))
         chain.meta_step += 1
-        chain.ended = _end_reason(chain, grad, self._meta_steps, self._patience)
+        chain.ended = _end_reason(chain, grad, self._meta_steps, self._patience, self._growth)
         if chain.ended is None:
             chain.point, chain.first_moment, chain.second_moment = adam_step(
                 chain.point, grad, chain.first_moment, chain.second_moment, step=chain.meta_step, lr=self._meta_lr
@@ -161,18 +164,23 @@ def adam_step(
     return point - lr * unbiased_first / (np.sqrt(unbiased_second) + eps), first, second
 
 
-def gradient_growing(norms: Sequence[float], patience: int) -> bool:
-    """Whether each of the last ``patience`` meta-gradient norms was larger than the one before it."""
+def gradient_growing(norms: Sequence[float], patience: int, growth: float) -> bool:
+    """Whether each of the last ``patience`` meta-gradient norms exceeds ``growth`` times the smallest before them.
+
+    The norm is noisy from one meta-iteration to the next and drifts as the
+    rates grow; in the chaotic regime it grows by an order of magnitude and
+    stays there, which a factor held over several iterations tells apart.
+    """
     if len(norms) <= patience:
         return False
-    recent = norms[-patience - 1 :]
-    return all(later > earlier for earlier, later in itertools.pairwise(recent))
+    floor = min(norms[:-patience])
+    return all(norm > growth * floor for norm in norms[-patience:])
 
 
-def _end_reason(chain: _Chain, grad: np.ndarray, meta_steps: int, patience: int) -> str | None:
+def _end_reason(chain: _Chain, grad: np.ndarray, meta_steps: int, patience: int, growth: float) -> str | None:
     if not (math.isfinite(chain.losses[-1]) and np.isfinite(grad).all()):
         return "diverged"
-    if gradient_growing(chain.norms, patience):
+    if gradient_growing(chain.norms, patience, growth):
         return "meta-gradient growing"
     if chain.meta_step >= meta_steps:
         return "meta_steps done"

@@ -92,5 +92,6 @@ def _hypergrad_searcher(spec: SweepSpec) -> HypergradSearcher:
     chains = [{**points[order[i % len(points)]], "seed": section.seed + i} for i in range(section.chains)]
     return HypergradSearcher(
         initial, chains, meta_steps=section.meta_steps, meta_lr=section.meta_lr, patience=section.patience,
+        growth=section.growth,
         metric=METRIC, mode=MODE,
     )  # fmt: skip

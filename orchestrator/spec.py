@@ -89,7 +89,9 @@ class SearcherSection(_Section):
     chains: int = Field(4, ge=1, description="hypergrad: independent chains, each with its own seed and knob values")
     meta_steps: int = Field(10, ge=1, description="hypergrad: meta-iterations per chain at most")
     meta_lr: float = Field(0.05, gt=0, description="hypergrad: Adam's step on the log/logit hyperparameters")
-    patience: int = Field(2, ge=1, description="hypergrad: growths of the meta-gradient norm in a row that end a chain")
+    patience: int = Field(2, ge=1, description="hypergrad: meta-iterations the norm must stay grown to end a chain")
+    growth: float = Field(5.0, gt=1, description="hypergrad: a chain ends when its meta-gradient norm exceeds this "
+                          "many times its smallest")  # fmt: skip
     blocks: int = Field(10, ge=1, le=100, description="hypergrad: blocks of steps with their own rate and momentum")
     init_lr: float = Field(0.05, gt=0, description="hypergrad: every block's and group's first learning rate")
     init_momentum: float = Field(0.9, gt=0, lt=1, description="hypergrad: the first momentum")

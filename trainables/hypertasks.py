@@ -151,4 +151,9 @@ def lm_group_names(model_cfg: ModelConfig) -> list[str]:
 
 
 def _batch_rows(population: int, batch_size: int, seed: int, step: int) -> np.ndarray:
-    return np.random.default_rng((seed, step)).integers(0, population, batch_size)
+    """Rows of step ``step``'s batch: SplitMix64 of (seed, step, position), so no generator is built per step."""
+    counter = np.arange(batch_size, dtype=np.uint64) + np.uint64((seed << 40) + step * batch_size)
+    mixed = counter * np.uint64(0x9E3779B97F4A7C15)
+    mixed = (mixed ^ (mixed >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    mixed = (mixed ^ (mixed >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return ((mixed ^ (mixed >> np.uint64(31))) % np.uint64(population)).astype(np.int64)

@@ -23,11 +23,12 @@ Example:
     >>> hyper = Hyperparameters.initial(blocks=2, groups=len(task.groups), lr=0.1, momentum=0.9)
     >>> outcome = hypergradients(task, hyper, steps=20)
     >>> outcome.exact, outcome.grads.log_lr.shape
-    (True, (2, 2))
+    (True, (2, 4))
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -165,18 +166,18 @@ class HyperOutcome:
     reverse_s: float
 
 
-def to_fixed(values: torch.Tensor) -> torch.Tensor:
+def to_fixed(values: np.ndarray) -> np.ndarray:
     """Float64 values as integers in units of 2^-FRACTION_BITS; refuses values out of range."""
-    if not bool(torch.isfinite(values).all()) or bool((values.abs() >= _LIMIT).any()):
+    if not -_LIMIT < values.min(initial=0.0) <= values.max(initial=0.0) < _LIMIT:  # also catches NaN
         raise OverflowError(
             f"a weight, velocity or step left the fixed-point range (|x| < {_LIMIT:g}) or is not finite: "
             "training diverged; lower the learning rate"
         )
-    return torch.round(values * _SCALE).to(torch.int64)
+    return np.rint(values * _SCALE).astype(np.int64)
 
 
-def from_fixed(values: torch.Tensor) -> torch.Tensor:
-    return values.to(torch.float64) / _SCALE
+def from_fixed(values: np.ndarray) -> np.ndarray:
+    return values * (1 / _SCALE)
 
 
 class ReversibleSGD:
@@ -185,31 +186,33 @@ class ReversibleSGD:
     ``step`` takes the gradient at the current weights; undoing it is two
     calls, since the gradient must be evaluated at the weights before the
     step: ``unstep_weights`` (w_{t-1} from w_t and v_t), then
-    ``unstep_velocity`` with the gradient at w_{t-1}.
+    ``unstep_velocity`` with the gradient at w_{t-1}. Rates and numerators
+    are per element; pass the same numerator array for a run of steps (the
+    buffer caches its tables by identity).
     """
 
-    def __init__(self, weights: torch.Tensor) -> None:
-        self.weights = to_fixed(weights.detach().to(torch.float64))
-        self.velocity = torch.zeros_like(self.weights)
-        self.buffer = InformationBuffer(self.weights.numel())
+    def __init__(self, weights: np.ndarray) -> None:
+        self.weights = to_fixed(np.asarray(weights, dtype=np.float64))
+        self.velocity = np.zeros_like(self.weights)
+        self.buffer = InformationBuffer(self.weights.size)
 
-    def weights_float(self) -> torch.Tensor:
+    def weights_float(self) -> np.ndarray:
         return from_fixed(self.weights)
 
-    def velocity_float(self) -> torch.Tensor:
+    def velocity_float(self) -> np.ndarray:
         return from_fixed(self.velocity)
 
-    def step(self, grad: torch.Tensor, lr: torch.Tensor, numerator: torch.Tensor) -> None:
-        keep = numerator.to(torch.float64) / DENOMINATOR
-        self.velocity = multiply_exact(self.velocity, numerator, self.buffer) - to_fixed((1 - keep) * grad)
+    def step(self, grad: np.ndarray, lr: np.ndarray, numerator: np.ndarray, forget: np.ndarray) -> None:
+        """One step; ``forget`` is 1 - numerator / 2^16, which callers keep for a run of steps."""
+        self.velocity = multiply_exact(self.velocity, numerator, self.buffer) - to_fixed(forget * grad)
         self.weights = self.weights + to_fixed(lr * self.velocity_float())
 
-    def unstep_weights(self, lr: torch.Tensor) -> None:
-        self.weights = self.weights - to_fixed(lr * self.velocity_float())
+    def unstep_weights(self, lr: np.ndarray, velocity: np.ndarray) -> None:
+        """Undo the weights' update, given the velocity as floats (``velocity_float()``, which callers reuse)."""
+        self.weights = self.weights - to_fixed(lr * velocity)
 
-    def unstep_velocity(self, grad: torch.Tensor, numerator: torch.Tensor) -> None:
-        keep = numerator.to(torch.float64) / DENOMINATOR
-        self.velocity = divide_exact(self.velocity + to_fixed((1 - keep) * grad), numerator, self.buffer)
+    def unstep_velocity(self, grad: np.ndarray, numerator: np.ndarray, forget: np.ndarray) -> None:
+        self.velocity = divide_exact(self.velocity + to_fixed(forget * grad), numerator, self.buffer)
 
 
 class FlatParameters:
@@ -230,19 +233,29 @@ class FlatParameters:
         self.shapes = [named[n].shape for n in self.names]
         self.sizes = [named[n].numel() for n in self.names]
         self.n_groups = len(groups)
-        self.group_index = torch.cat([torch.full((s,), owner[n]) for n, s in zip(self.names, self.sizes, strict=True)])
-        self.initial = torch.cat([named[n].detach().to(torch.float64).reshape(-1) for n in self.names])
+        self.group_index = np.concatenate([np.full(s, owner[n]) for n, s in zip(self.names, self.sizes, strict=True)])
+        self._torch_index = torch.from_numpy(self.group_index)
+        # Groups usually hold consecutive parameters (one layer each): then sums are slices' sums.
+        starts = np.flatnonzero(np.diff(self.group_index, prepend=-1))
+        consecutive = np.array_equal(self.group_index[starts], np.arange(self.n_groups))
+        self._group_starts = starts if consecutive else None
+        self.initial = torch.cat([named[n].detach().to(torch.float64).reshape(-1) for n in self.names]).numpy()
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         parts = flat.split(self.sizes)
         return {n: p.view(s) for n, p, s in zip(self.names, parts, self.shapes, strict=True)}
 
-    def per_element(self, per_group: np.ndarray | torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(per_group)[self.group_index]
+    def per_element(self, per_group: np.ndarray) -> np.ndarray:
+        return per_group[self.group_index]
 
-    def group_sums(self, values: torch.Tensor) -> np.ndarray:
-        sums = torch.zeros(self.n_groups, dtype=torch.float64).index_add_(0, self.group_index, values)
-        return sums.numpy()
+    def per_element_tensor(self, per_group: torch.Tensor) -> torch.Tensor:
+        """``per_element`` keeping autograd's graph (for the unrolled reference)."""
+        return per_group[self._torch_index]
+
+    def group_sums(self, values: np.ndarray) -> np.ndarray:
+        if self._group_starts is not None:
+            return np.add.reduceat(values, self._group_starts)
+        return np.bincount(self.group_index, weights=values, minlength=self.n_groups)
 
 
 def block_of(step: int, steps: int, blocks: int) -> int:
@@ -261,53 +274,58 @@ def hypergradients(task: HyperTask, hyper: Hyperparameters, steps: int) -> Hyper
     slope = smooth * (1 - smooth)
     decay = flat.per_element(np.exp(hyper.log_weight_decay))
 
-    def gradient(weights: torch.Tensor, step: int) -> torch.Tensor:
-        weights = weights.requires_grad_(True)
-        (grad,) = torch.autograd.grad(task.train_loss(flat.unflatten(weights), step), weights)
-        return grad + decay * weights.detach()
+    @functools.lru_cache(maxsize=2)
+    def rates(block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each element's rate, momentum numerator and 1 - momentum in ``block``."""
+        numerator = flat.per_element(numerators[block])
+        return flat.per_element(lrs[block]), numerator, 1 - numerator / DENOMINATOR
+
+    def loss_at(weights: np.ndarray, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tensor = torch.from_numpy(weights).requires_grad_(True)
+        return task.train_loss(flat.unflatten(tensor), step), tensor
 
     started = time.perf_counter()
-    initial = flat.initial * flat.per_element(np.exp(hyper.log_init_scale))
-    sgd = ReversibleSGD(initial)
-    initial_fixed = sgd.weights.clone()
+    sgd = ReversibleSGD(flat.initial * flat.per_element(np.exp(hyper.log_init_scale)))
+    initial = sgd.weights.copy()
     for step in range(steps):
-        block = block_of(step, steps, hyper.blocks)
-        sgd.step(gradient(sgd.weights_float(), step), flat.per_element(lrs[block]), flat.per_element(numerators[block]))
-    weights = sgd.weights_float().requires_grad_(True)
-    val_loss = task.val_loss(flat.unflatten(weights))
-    (d_weights,) = torch.autograd.grad(val_loss, weights)
+        lr, numerator, forget = rates(block_of(step, steps, hyper.blocks))
+        weights = sgd.weights_float()
+        (grad,) = torch.autograd.grad(*loss_at(weights, step))
+        sgd.step(grad.numpy() + decay * weights, lr, numerator, forget)
+    tensor = torch.from_numpy(sgd.weights_float()).requires_grad_(True)
+    val_loss = task.val_loss(flat.unflatten(tensor))
+    d_weights = torch.autograd.grad(val_loss, tensor)[0].numpy()
     with torch.no_grad():
-        train_loss = float(task.train_loss(flat.unflatten(weights.detach()), steps - 1))
+        train_loss = float(task.train_loss(flat.unflatten(tensor.detach()), steps - 1))
     buffer_bits, buffer_bytes = float(sgd.buffer.bits().mean()), sgd.buffer.nbytes()
     forward_s = time.perf_counter() - started
 
     grads = Hyperparameters(*(np.zeros_like(getattr(hyper, name)) for name in Hyperparameters.FIELDS))
-    d_velocity = torch.zeros_like(d_weights)
+    d_velocity = np.zeros_like(d_weights)
     for step in reversed(range(steps)):
         block = block_of(step, steps, hyper.blocks)
-        lr, numerator = flat.per_element(lrs[block]), flat.per_element(numerators[block])
-        keep = numerator.to(torch.float64) / DENOMINATOR
-        grads.log_lr[block] += lrs[block] * flat.group_sums(d_weights * sgd.velocity_float())
-        sgd.unstep_weights(lr)
+        lr, numerator, forget = rates(block)
+        velocity = sgd.velocity_float()
+        grads.log_lr[block] += lrs[block] * flat.group_sums(d_weights * velocity)
+        sgd.unstep_weights(lr, velocity)
         d_velocity = d_velocity + lr * d_weights
-        weights = sgd.weights_float().requires_grad_(True)
-        (data_grad,) = torch.autograd.grad(task.train_loss(flat.unflatten(weights), step), weights, create_graph=True)
+        weights = sgd.weights_float()
+        loss, tensor = loss_at(weights, step)
+        (data_grad,) = torch.autograd.grad(loss, tensor, create_graph=True)
         # Rates differ by group, so (1 - momentum) weighs d_velocity before the Hessian, not after.
-        (hvp,) = torch.autograd.grad(data_grad, weights, grad_outputs=(1 - keep) * d_velocity)
-        weights, data_grad = weights.detach(), data_grad.detach()
-        grad = data_grad + decay * weights
-        sgd.unstep_velocity(grad, numerator)
-        d_momentum = flat.group_sums(d_velocity * (sgd.velocity_float() + grad))
-        grads.logit_momentum[block] += d_momentum * slope[block]
-        grads.log_weight_decay -= flat.group_sums((1 - keep) * d_velocity * decay * weights)
-        d_weights = d_weights - hvp - (1 - keep) * decay * d_velocity
-        d_velocity = keep * d_velocity
-    grads.log_init_scale += flat.group_sums(d_weights * from_fixed(initial_fixed))
+        (hvp,) = torch.autograd.grad(data_grad, tensor, grad_outputs=torch.from_numpy(forget * d_velocity))
+        grad = data_grad.detach().numpy() + decay * weights
+        sgd.unstep_velocity(grad, numerator, forget)
+        grads.logit_momentum[block] += flat.group_sums(d_velocity * (sgd.velocity_float() + grad)) * slope[block]
+        grads.log_weight_decay -= flat.group_sums(forget * d_velocity * decay * weights)
+        d_weights = d_weights - hvp.numpy() - forget * decay * d_velocity
+        d_velocity = (1 - forget) * d_velocity
+    grads.log_init_scale += flat.group_sums(d_weights * from_fixed(initial))
     return HyperOutcome(
         val_loss=float(val_loss.detach()),
         train_loss=train_loss,
         grads=grads,
-        exact=bool(torch.equal(sgd.weights, initial_fixed)),
+        exact=bool(np.array_equal(sgd.weights, initial)),
         buffer_bits=buffer_bits,
         buffer_bytes=buffer_bytes,
         forward_s=forward_s,
@@ -339,16 +357,16 @@ def unrolled_hypergradients(task: HyperTask, hyper: Hyperparameters, steps: int)
     smooth = torch.sigmoid(leaves["logit_momentum"])
     rounded = torch.as_tensor(_numerators(hyper.logit_momentum) / DENOMINATOR)
     momenta = rounded + smooth - smooth.detach()
-    decay = flat.per_element(torch.exp(leaves["log_weight_decay"]))
-    weights = flat.initial * flat.per_element(torch.exp(leaves["log_init_scale"]))
+    decay = flat.per_element_tensor(torch.exp(leaves["log_weight_decay"]))
+    weights = torch.from_numpy(flat.initial) * flat.per_element_tensor(torch.exp(leaves["log_init_scale"]))
     velocity = torch.zeros_like(weights)
     for step in range(steps):
         block = block_of(step, steps, hyper.blocks)
         loss = task.train_loss(flat.unflatten(weights), step) + 0.5 * (decay * weights * weights).sum()
         (grad,) = torch.autograd.grad(loss, weights, create_graph=True)
-        momentum = flat.per_element(momenta[block])
+        momentum = flat.per_element_tensor(momenta[block])
         velocity = momentum * velocity - (1 - momentum) * grad
-        weights = weights + flat.per_element(torch.exp(leaves["log_lr"][block])) * velocity
+        weights = weights + flat.per_element_tensor(torch.exp(leaves["log_lr"][block])) * velocity
     val_loss = task.val_loss(flat.unflatten(weights))
     grads = torch.autograd.grad(val_loss, list(leaves.values()))
     return float(val_loss.detach()), Hyperparameters(*(g.numpy() for g in grads))
