@@ -413,7 +413,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-unrolled-above", type=int, default=None, help="no unrolled run beyond this T")
     parser.add_argument("--lr", type=float, default=0.1, help="the constant learning rate runs start from")
     parser.add_argument("--time-steps", type=int, default=1000)
-    parser.add_argument("--lm-steps", type=int, default=50)
+    parser.add_argument("--lm-steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3, help="timings are the best of this many runs")
     parser.add_argument("--search-steps", type=int, default=100, help="T of every search run")
     parser.add_argument("--meta-steps", type=int, default=100)

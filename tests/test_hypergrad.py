@@ -43,17 +43,16 @@ def _varied(task: DigitsTask, blocks: int, seed: int = 1) -> Hyperparameters:
 def test_buffer_round_trip_with_mixed_bases() -> None:
     rng = np.random.default_rng(0)
     buffer = InformationBuffer(500)
-    pushed = []
-    for _ in range(300):
-        base = rng.integers(2, 2**31, 500)
-        symbols = rng.integers(0, base)
-        buffer.push_uniform(symbols, base)
+    exchanged = []
+    for _ in range(2000):
+        base = rng.integers(2, DENOMINATOR + 1, 500)
         low = rng.integers(0, DENOMINATOR, 500)
-        buffer.push_low_bits(low)
-        pushed.append((symbols, base, low))
-    for symbols, base, low in reversed(pushed):
-        np.testing.assert_array_equal(buffer.pop_low_bits(), low)
-        np.testing.assert_array_equal(buffer.pop_uniform(base), symbols)
+        symbols = buffer.exchange(low, base)
+        assert (symbols >= 0).all() and (symbols < base).all()
+        exchanged.append((low, base, symbols))
+    assert buffer.depth.max() > 0  # the stacks were used, not just the heads
+    for low, base, symbols in reversed(exchanged):
+        np.testing.assert_array_equal(buffer.unexchange(symbols, base), low)
     assert not buffer.depth.any()
     assert float(buffer.bits().max()) == 0.0
 

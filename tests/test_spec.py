@@ -108,7 +108,7 @@ BAD_SPECS = {
     ),
     "negative budget": (_with("budget", {"compute": -5}), "budget.compute: Input should be greater than 0"),
     "heads do not divide": (_with("model", {"size": "tiny", "n_head": 3}), "model: d_model (64) must be divisible"),
-    "unknown searcher": (_with("searcher", "bayes"), "searcher.name: Input should be 'random', 'grid', 'tpe' or 'hypergrad'"),
+    "unknown searcher": (_with("searcher", "bayes"), "searcher.name: Input should be 'random', 'grid', 'tpe'"),
     "grid over a range": (_with("searcher", "grid"), "search.peak_lr: the grid searcher takes only choice knobs"),
     "unknown top-level field": (tiny_spec(epochs=3), "epochs: unknown field"),
     "bad fixed value": (_with("train", {"peak_lr": -1}), "train.peak_lr: Input should be greater than 0"),

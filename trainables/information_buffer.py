@@ -6,11 +6,14 @@ the momentum ``n / 2^16`` in a way that can be undone: the remainder of
 the division by 2^16 goes into an *information buffer*, and the numerator's
 missing low part comes back out of it. Their buffer is one Python big
 integer per weight. Here it is a vectorised range-asymmetric-numeral-system
-(rANS) coder, one per element: a 64-bit head, kept within [2^31, 2^63), and a
-stack of 32-bit words that the head spills into and refills from. Pushing a
-value uniform over ``b`` symbols grows the state by log2(b) bits and popping
-one shrinks it by as much, so a multiplication by ``n / 2^16`` (push 16
-bits, pop log2(n)) costs log2(2^16 / n) bits: log2(1/momentum) per step.
+(rANS) coder, one per element: a head kept within [2^31, 2^47) and a stack of
+16-bit words. One ``exchange`` stores a 16-bit remainder (the head grows by
+16 bits) and takes out a symbol uniform over n values (it shrinks by log2 n
+bits, as an rANS decode with frequencies out of 2^31), so a multiplication
+by ``n / 2^16`` costs log2(2^16 / n) bits: log2(1/momentum) per step. Between
+the two halves the head is at most 2^63, so they need no renormalisation;
+after them a head that grew past 2^47 (about 1% of elements a step at
+momentum 0.9) moves its low 16 bits onto its stack.
 
 An empty stack reads as zeros, which makes every operation a bijection on
 (head, stack) and so exactly invertible.
@@ -37,19 +40,21 @@ import numpy as np
 
 RATIO_BITS = 16
 DENOMINATOR = 1 << RATIO_BITS
-_HEAD_LOW_BITS = 31  # between operations the head lives in [2^31, 2^63): an int64 that never overflows
+_LOW_MASK = DENOMINATOR - 1
+_HEAD_LOW_BITS = 31  # between operations the head lives in [2^31, 2^47)
 _HEAD_LOW = 1 << _HEAD_LOW_BITS
-_SPILL_AT = 1 << (63 - RATIO_BITS)
-_WORD_BITS = 32
-_WORD_MASK = (1 << _WORD_BITS) - 1
-_WORD_OFFSET = 1 << 31  # words are stored as int32, shifted down by 2^31
-# Uniform symbols over n values use frequencies out of 2^31, as even as integers allow.
+_HEAD_HIGH = 1 << (_HEAD_LOW_BITS + RATIO_BITS)
+_WORD_OFFSET = 1 << 15  # 16-bit words are stored as int16, shifted down by 2^15
+# Symbols uniform over n values use frequencies out of 2^31, as even as integers allow
+# (each at least 2^31 / 2^16 = 2^15, which keeps a decoded head at or above 2^31).
 _PRECISION_BITS = 31
 _PRECISION = 1 << _PRECISION_BITS
 
+_Table = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
 
 class InformationBuffer:
-    """One rANS coder per element: push and pop symbols uniform over a per-element base, exactly.
+    """One rANS coder per element: trade 16-bit remainders for symbols uniform over a per-element base.
 
     ``bits()`` is what the buffer holds per element beyond its empty state.
     """
@@ -61,83 +66,73 @@ class InformationBuffer:
             raise ValueError(f"capacity must be at least 1 word per element, got {capacity}")
         self.head = np.full(size, _HEAD_LOW, dtype=np.int64)
         self.depth = np.zeros(size, dtype=np.int64)
-        self._words = np.zeros((size, capacity), dtype=np.int32)
-        self._deepest = 0  # at least the largest depth, kept without a reduction per spill
-        self._tables: tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+        self._words = np.zeros((size, capacity), dtype=np.int16)
+        self._tables: tuple[np.ndarray, _Table] | None = None
 
     def __len__(self) -> int:
         return self.head.size
 
     def bits(self) -> np.ndarray:
         """Information held by each element, in bits: its stack's words and its head above 2^31."""
-        return _WORD_BITS * self.depth + np.log2(self.head.astype(np.float64)) - _HEAD_LOW_BITS
+        return RATIO_BITS * self.depth + np.log2(self.head.astype(np.float64)) - _HEAD_LOW_BITS
 
     def nbytes(self) -> int:
         """Memory the buffer occupies now (the stack is allocated in whole columns)."""
         return self.head.nbytes + self.depth.nbytes + self._words.nbytes
 
-    def push_low_bits(self, symbols: np.ndarray) -> None:
-        """Store ``symbols`` in [0, 2^16) (a remainder modulo 2^16)."""
-        self._spill(np.flatnonzero(self.head >= _SPILL_AT))
-        self.head = self.head * DENOMINATOR + symbols
-
-    def pop_low_bits(self) -> np.ndarray:
-        """Undo ``push_low_bits``: the symbols in [0, 2^16) it stored last."""
-        symbols = self.head & (DENOMINATOR - 1)
-        self.head = self.head >> RATIO_BITS
-        self._refill()
-        return symbols
-
-    def push_uniform(self, symbols: np.ndarray, base: np.ndarray) -> None:
-        """Store ``symbols``, each in [0, base) for its element's ``base`` (2 to 2^31)."""
-        freq, start = _frequency(symbols, self._table(base))
-        self._spill(np.flatnonzero(self.head >= freq << _WORD_BITS))
-        quotient, remainder = np.divmod(self.head, freq)
-        self.head = quotient * _PRECISION + start + remainder
-
-    def pop_uniform(self, base: np.ndarray) -> np.ndarray:
-        """Undo ``push_uniform`` with the same ``base``: the symbols it stored last."""
+    def exchange(self, low: np.ndarray, base: np.ndarray) -> np.ndarray:
+        """Store ``low`` (each in [0, 2^16)) and take out symbols, each in [0, base) (base in [2, 2^16])."""
         table = self._table(base)
-        slot = self.head & (_PRECISION - 1)
+        state = (self.head << RATIO_BITS) | low  # in [2^47, 2^63)
+        slot = state & (_PRECISION - 1)
         symbols = _symbol(slot, table)
-        freq, start = _frequency(symbols, table)
-        self.head = freq * (self.head >> _PRECISION_BITS) + slot - start
-        self._refill()
+        freq, start = _frequency(symbols, table[0], table[1])
+        self.head = freq * (state >> _PRECISION_BITS) + slot - start  # in [freq 2^16, freq 2^32)
+        self._spill(np.flatnonzero(self.head >= _HEAD_HIGH))
         return symbols
 
-    def _table(self, base: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Each element's share of 2^31, how many symbols get one more, and where those end (cached per base)."""
+    def unexchange(self, symbols: np.ndarray, base: np.ndarray) -> np.ndarray:
+        """Undo ``exchange`` with the same ``base``: put the symbols back, return the remainders it stored."""
+        share, extra, *_ = self._table(base)
+        freq, start = _frequency(symbols, share, extra)
+        # A decoded head was at least freq 2^16, so one below that had spilled a word.
+        self._refill(np.flatnonzero(self.head < freq << RATIO_BITS))
+        # head < 2^47 and freq < 2^31: the float quotient truncates exactly (see ``_symbol``).
+        quotient = (self.head / freq).astype(np.int64)
+        state = quotient * (_PRECISION - freq) + start + self.head
+        self.head = state >> RATIO_BITS
+        return state & _LOW_MASK
+
+    def _table(self, base: np.ndarray) -> _Table:
+        """Each element's share of 2^31, how many symbols get one more, where those end, and the two divisors
+        as floats (cached per base)."""
         if self._tables is None or self._tables[0] is not base:
             share = _PRECISION // base
             extra = _PRECISION - share * base
-            self._tables = (base, (share, extra, extra * (share + 1)))
+            self._tables = (base, (share, extra, extra * (share + 1), share + 1.0, share + 0.0))
         return self._tables[1]
 
     def _spill(self, index: np.ndarray) -> None:
-        """Move the low 32 bits of the heads at ``index`` onto their stacks."""
+        """Move the low 16 bits of the heads at ``index`` onto their stacks."""
         if index.size == 0:
             return
-        self._deepest += 1
-        if self._deepest >= self._words.shape[1]:
-            self._deepest = int(self.depth.max()) + 1
-            if self._deepest >= self._words.shape[1]:
-                self._words = np.concatenate([self._words, np.zeros_like(self._words)], axis=1)
         depth = self.depth[index]
+        if int(depth.max()) >= self._words.shape[1]:
+            self._words = np.concatenate([self._words, np.zeros_like(self._words)], axis=1)
         heads = self.head[index]
-        self._words[index, depth] = (heads & _WORD_MASK) - _WORD_OFFSET
+        self._words[index, depth] = (heads & _LOW_MASK) - _WORD_OFFSET
         self.depth[index] = depth + 1
-        self.head[index] = heads >> _WORD_BITS
+        self.head[index] = heads >> RATIO_BITS
 
-    def _refill(self) -> None:
-        """Bring heads that fell below 2^31 back up with a word from their stacks (zeros when empty)."""
-        index = np.flatnonzero(self.head < _HEAD_LOW)
+    def _refill(self, index: np.ndarray) -> None:
+        """Bring the heads at ``index`` back up with a word from their stacks (zeros when empty)."""
         if index.size == 0:
             return
         stacked = self.depth[index] > 0
         depth = self.depth[index] - stacked
         words = np.where(stacked, self._words[index, depth].astype(np.int64) + _WORD_OFFSET, 0)
         self.depth[index] = depth
-        self.head[index] = (self.head[index] << _WORD_BITS) | words
+        self.head[index] = (self.head[index] << RATIO_BITS) | words
 
 
 def multiply_exact(values: np.ndarray, numerator: np.ndarray, buffer: InformationBuffer) -> np.ndarray:
@@ -146,27 +141,34 @@ def multiply_exact(values: np.ndarray, numerator: np.ndarray, buffer: Informatio
     As in the paper, the result is ``(values div 2^16) * numerator`` plus a
     value in [0, numerator) taken from the buffer, so it is within
     ``numerator`` units of the true product: fixed-point callers keep
-    enough fractional bits for that to be negligible. ``numerator`` in [2, 2^16).
+    enough fractional bits for that to be negligible. ``numerator`` in [2, 2^16);
+    pass the same array for a run of calls (the buffer caches its tables by identity).
     """
-    buffer.push_low_bits(values & (DENOMINATOR - 1))
-    return (values >> RATIO_BITS) * numerator + buffer.pop_uniform(numerator)
+    return (values >> RATIO_BITS) * numerator + buffer.exchange(values & _LOW_MASK, numerator)
 
 
 def divide_exact(values: np.ndarray, numerator: np.ndarray, buffer: InformationBuffer) -> np.ndarray:
     """Undo ``multiply_exact`` with the same ``numerator``: the values before it, bit for bit."""
     quotient, remainder = np.divmod(values, numerator)
-    buffer.push_uniform(remainder, numerator)
-    return quotient * DENOMINATOR + buffer.pop_low_bits()
+    return quotient * DENOMINATOR + buffer.unexchange(remainder, numerator)
 
 
-def _frequency(symbols: np.ndarray, table: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _frequency(symbols: np.ndarray, share: np.ndarray, extra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each symbol's frequency out of 2^31 and where its range starts: the first ``extra`` symbols get one more."""
-    share, extra, _ = table
     below = symbols < extra
     return share + below, symbols * share + np.where(below, symbols, extra)
 
 
-def _symbol(slot: np.ndarray, table: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-    """The symbol whose range holds ``slot``, inverting ``_frequency``'s starts."""
-    share, extra, boundary = table
-    return np.where(slot < boundary, slot // (share + 1), extra + (slot - boundary) // share)
+def _symbol(slot: np.ndarray, table: _Table) -> np.ndarray:
+    """The symbol whose range holds ``slot``, inverting ``_frequency``'s starts.
+
+    The divisions run in float64, twice as fast as int64's here and exact:
+    a quotient a / d with a < 2^31 errs by at most a 2^-53 / d after
+    rounding, less than the 1 / d between a non-integer quotient and the next
+    integer, so truncation gives the integer quotient.
+    """
+    _, extra, boundary, wide, narrow = table
+    value = slot.astype(np.float64)
+    return np.where(
+        slot < boundary, (value / wide).astype(np.int64), extra + ((value - boundary) / narrow).astype(np.int64)
+    )

@@ -176,6 +176,11 @@ def to_fixed(values: np.ndarray) -> np.ndarray:
     return np.rint(values * _SCALE).astype(np.int64)
 
 
+def _to_fixed_unchecked(values: np.ndarray) -> np.ndarray:
+    """``to_fixed`` for values the forward pass already checked: undoing a step recomputes them bit for bit."""
+    return np.rint(values * _SCALE).astype(np.int64)
+
+
 def from_fixed(values: np.ndarray) -> np.ndarray:
     return values * (1 / _SCALE)
 
@@ -209,10 +214,10 @@ class ReversibleSGD:
 
     def unstep_weights(self, lr: np.ndarray, velocity: np.ndarray) -> None:
         """Undo the weights' update, given the velocity as floats (``velocity_float()``, which callers reuse)."""
-        self.weights = self.weights - to_fixed(lr * velocity)
+        self.weights = self.weights - _to_fixed_unchecked(lr * velocity)
 
     def unstep_velocity(self, grad: np.ndarray, numerator: np.ndarray, forget: np.ndarray) -> None:
-        self.velocity = divide_exact(self.velocity + to_fixed(forget * grad), numerator, self.buffer)
+        self.velocity = divide_exact(self.velocity + _to_fixed_unchecked(forget * grad), numerator, self.buffer)
 
 
 class FlatParameters:
@@ -275,10 +280,11 @@ def hypergradients(task: HyperTask, hyper: Hyperparameters, steps: int) -> Hyper
     decay = flat.per_element(np.exp(hyper.log_weight_decay))
 
     @functools.lru_cache(maxsize=2)
-    def rates(block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Each element's rate, momentum numerator and 1 - momentum in ``block``."""
+    def rates(block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Each element's rate, momentum numerator, 1 - momentum and (1 - momentum) x decay in ``block``."""
         numerator = flat.per_element(numerators[block])
-        return flat.per_element(lrs[block]), numerator, 1 - numerator / DENOMINATOR
+        forget = 1 - numerator / DENOMINATOR
+        return flat.per_element(lrs[block]), numerator, forget, forget * decay
 
     def loss_at(weights: np.ndarray, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         tensor = torch.from_numpy(weights).requires_grad_(True)
@@ -288,7 +294,7 @@ def hypergradients(task: HyperTask, hyper: Hyperparameters, steps: int) -> Hyper
     sgd = ReversibleSGD(flat.initial * flat.per_element(np.exp(hyper.log_init_scale)))
     initial = sgd.weights.copy()
     for step in range(steps):
-        lr, numerator, forget = rates(block_of(step, steps, hyper.blocks))
+        lr, numerator, forget, _ = rates(block_of(step, steps, hyper.blocks))
         weights = sgd.weights_float()
         (grad,) = torch.autograd.grad(*loss_at(weights, step))
         sgd.step(grad.numpy() + decay * weights, lr, numerator, forget)
@@ -304,7 +310,7 @@ def hypergradients(task: HyperTask, hyper: Hyperparameters, steps: int) -> Hyper
     d_velocity = np.zeros_like(d_weights)
     for step in reversed(range(steps)):
         block = block_of(step, steps, hyper.blocks)
-        lr, numerator, forget = rates(block)
+        lr, numerator, forget, forget_decay = rates(block)
         velocity = sgd.velocity_float()
         grads.log_lr[block] += lrs[block] * flat.group_sums(d_weights * velocity)
         sgd.unstep_weights(lr, velocity)
@@ -317,9 +323,10 @@ def hypergradients(task: HyperTask, hyper: Hyperparameters, steps: int) -> Hyper
         grad = data_grad.detach().numpy() + decay * weights
         sgd.unstep_velocity(grad, numerator, forget)
         grads.logit_momentum[block] += flat.group_sums(d_velocity * (sgd.velocity_float() + grad)) * slope[block]
-        grads.log_weight_decay -= flat.group_sums(forget * d_velocity * decay * weights)
-        d_weights = d_weights - hvp.numpy() - forget * decay * d_velocity
-        d_velocity = (1 - forget) * d_velocity
+        decayed = forget_decay * d_velocity
+        grads.log_weight_decay -= flat.group_sums(decayed * weights)
+        d_weights = d_weights - hvp.numpy() - decayed
+        d_velocity = d_velocity - forget * d_velocity
     grads.log_init_scale += flat.group_sums(d_weights * from_fixed(initial))
     return HyperOutcome(
         val_loss=float(val_loss.detach()),
