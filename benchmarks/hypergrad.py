@@ -56,10 +56,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainables.fixed_point import FixedPointOverflow
+from trainables.flat_parameters import FlatParameters
+from trainables.hyperparameters import Hyperparameters
 from trainables.reversible import (
     CONFIG_PREFIX,
-    FlatParameters,
-    Hyperparameters,
     HyperTask,
     block_of,
     hypergradients,
@@ -309,9 +310,9 @@ def hypergrad_search(
         hyper = Hyperparameters.from_dict({name: config[CONFIG_PREFIX + name] for name in Hyperparameters.FIELDS})
         try:
             outcome = hypergradients(task, hyper, steps)
-        except OverflowError:
+        except FixedPointOverflow:  # as a sweep's trial reports it: diverged, no gradients
             losses.append(math.nan)
-            searcher.on_trial_complete(trial_id, error=True)
+            searcher.on_trial_complete(trial_id, {"val_loss": math.nan, "diverged": 1.0})
             continue
         losses.append(outcome.val_loss)
         best = min(best, (outcome.val_loss, hyper), key=lambda pair: pair[0])
@@ -350,7 +351,8 @@ def plot_lr_schedules(task: HyperTask, hyper: Hyperparameters, steps: int, path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    edges = [block * steps // hyper.blocks for block in range(hyper.blocks)] + [steps]
+    edges = [step for step in range(steps) if step == 0 or block_of(step, steps, hyper.blocks) != block_of(
+        step - 1, steps, hyper.blocks)] + [steps]  # fmt: skip
     rates = np.exp(hyper.log_lr)
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
     for panel, kind in zip(axes, ("weight", "bias"), strict=True):

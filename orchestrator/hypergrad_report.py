@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from orchestrator.hypergrad_search import CHAINS_FILE
 from orchestrator.plots import plot_learned_schedules
 from orchestrator.results import CONFIG_PREFIX, SweepResults
-from orchestrator.tracking import log_metric_series
+from orchestrator.tracking import log_metric_series, set_tags
+from trainables.hyperparameters import Hyperparameters
 from trainables.hypertasks import lm_group_names
 from trainables.model import ModelConfig
 from trainables.reversible import CONFIG_PREFIX as HYPER_PREFIX
-from trainables.reversible import GRAD_NORM, Hyperparameters
+from trainables.reversible import GRAD_NORM
 
 CHAIN, META_STEP = f"{CONFIG_PREFIX}{HYPER_PREFIX}chain", f"{CONFIG_PREFIX}{HYPER_PREFIX}meta_step"
 
@@ -54,18 +57,27 @@ def _nested_array(value: object) -> np.ndarray:
 
 
 def report_chains(
-    results: SweepResults, model: ModelConfig, client: MlflowClient, run_id: str, directory: Path
+    results: SweepResults, model: ModelConfig, client: MlflowClient, run_id: str, sweep_dir: Path
 ) -> list[Path]:
-    """Log every chain's losses and meta-gradient norms by meta-step on the parent run; draw the learned schedules."""
+    """Log every chain's losses and meta-gradient norms by meta-step, and how it ended, on the parent run;
+    draw the learned schedules. Points a continued sweep already logged are not logged again."""
     history = chain_history(results)
+    keys = {f"chain{c}.{k}" for c in history["chain"].unique() for k in ("val_loss", GRAD_NORM)}
+    logged = {key: {m.step for m in client.get_metric_history(run_id, key)} for key in keys}
     series = [
         (f"chain{row.chain}.{key}", float(getattr(row, key)), int(row.meta_step))
         for row in history.itertuples()
         for key in ("val_loss", GRAD_NORM)
+        if int(row.meta_step) not in logged[f"chain{row.chain}.{key}"]
     ]
     log_metric_series(client, run_id, series)
+    record = sweep_dir / CHAINS_FILE
+    if record.is_file():
+        ends = {f"chain{c['chain']}.ended": c["ended"] for c in json.loads(record.read_text()) if c["ended"]}
+        set_tags(client, run_id, ends)
     best = best_hyperparameters(results)
     if best is None:
         return []
+    directory = sweep_dir / "results"
     directory.mkdir(parents=True, exist_ok=True)
     return [plot_learned_schedules(best, lm_group_names(model), history, directory / "learned_schedules.png")]

@@ -10,10 +10,12 @@ one Adam step further. A chain ends after ``meta_steps`` meta-iterations,
 when a trial fails or diverges, or when the norm of its meta-gradient has
 grown past ``growth`` times its smallest value and stayed there for
 ``patience`` meta-iterations: Maclaurin et al. (2015) find that the
-hypergradient then becomes chaotic and stops being useful.
+hypergradient then becomes chaotic and stops being useful. With ``record``
+the chains' summaries (``chain_summaries``) go to that JSON file whenever a
+chain ends.
 
 Example:
-    >>> from trainables.reversible import Hyperparameters
+    >>> from trainables.hyperparameters import Hyperparameters
     >>> start = Hyperparameters.initial(blocks=2, groups=1, lr=0.1, momentum=0.9)
     >>> searcher = HypergradSearcher(start, [{"batch_size": 8}], meta_steps=3, meta_lr=0.1)
     >>> config = searcher.suggest("t1")
@@ -22,23 +24,28 @@ Example:
     >>> searcher.suggest("t2") is None  # the only chain waits for its trial
     True
     >>> grads = {f"hypergrad.grad.{k}": v for k, v in start.to_dict().items()}
-    >>> searcher.on_trial_complete("t1", {"val_loss": 2.0, "meta_grad_norm": 1.0, **grads})
+    >>> searcher.on_trial_complete("t1", {"val_loss": 2.0, "reversal_exact": 1.0, **grads})
     >>> searcher.suggest("t2")["hypergrad.meta_step"]
     1
 """
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ray.tune.search import Searcher
 
-from trainables.reversible import CONFIG_PREFIX, GRAD_PREFIX, Hyperparameters
+from trainables.hyperparameters import Hyperparameters
+from trainables.reversible import CONFIG_PREFIX, GRAD_PREFIX, REVERSAL_EXACT
+
+CHAINS_FILE = "hypergrad/chains.json"  # in the sweep directory: how each chain ended
 
 
 @dataclass
@@ -67,6 +74,7 @@ class HypergradSearcher(Searcher):
         meta_lr: float,
         patience: int = 2,
         growth: float = 5.0,
+        record: Path | None = None,
         metric: str | None = None,
         mode: str | None = None,
     ) -> None:
@@ -83,6 +91,7 @@ class HypergradSearcher(Searcher):
         super().__init__(metric=metric, mode=mode)
         self._template = initial
         self._meta_steps, self._meta_lr, self._patience, self._growth = meta_steps, meta_lr, patience, growth
+        self._record = record
         start = initial.vector()
         self._chains = [
             _Chain(i, dict(d), start.copy(), np.zeros_like(start), np.zeros_like(start)) for i, d in enumerate(chains)
@@ -106,11 +115,21 @@ class HypergradSearcher(Searcher):
         if chain is None:
             return
         chain.pending = None
+        self._advance(chain, result, error)
+        if chain.ended and self._record is not None:
+            self._record.parent.mkdir(parents=True, exist_ok=True)
+            self._record.write_text(json.dumps(self.chain_summaries(), indent=1) + "\n")
+
+    def _advance(self, chain: _Chain, result: dict | None, error: bool) -> None:
+        """Record the chain's meta-iteration and take its Adam step, or end it."""
         if error or not result:
             chain.ended = "trial failed"
             return
         if f"{GRAD_PREFIX}log_lr" not in result:  # the trial diverged before it could reverse
             chain.ended = "diverged"
+            return
+        if result.get(REVERSAL_EXACT) != 1.0:  # its gradients would be of some other training run
+            chain.ended = "reversal not exact"
             return
         grad = Hyperparameters.from_dict(
             {name: result[f"{GRAD_PREFIX}{name}"] for name in Hyperparameters.FIELDS}
@@ -138,11 +157,10 @@ class HypergradSearcher(Searcher):
             pickle.dump(self.__dict__, file)
 
     def restore(self, checkpoint_path: str) -> None:
+        # A trial in flight when the sweep stopped stays pending: Tune saved it with this state and
+        # runs it again, under the same id, when the sweep resumes.
         with open(checkpoint_path, "rb") as file:
             self.__dict__.update(pickle.load(file))
-        # A trial in flight when the sweep stopped starts again under a new id.
-        for chain in self._chains:
-            chain.pending = None
 
 
 def adam_step(

@@ -13,11 +13,11 @@ import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator.hypergrad_search import HypergradSearcher
+from orchestrator.hypergrad_search import CHAINS_FILE, HypergradSearcher
 from orchestrator.spec import SweepSpec
 from search_spaces.build import DefineByRunSpace, grid_points
+from trainables.hyperparameters import Hyperparameters
 from trainables.hypertasks import lm_group_names
-from trainables.reversible import Hyperparameters
 
 METRIC, MODE = "val_loss", "min"
 
@@ -92,6 +92,6 @@ def _hypergrad_searcher(spec: SweepSpec) -> HypergradSearcher:
     chains = [{**points[order[i % len(points)]], "seed": section.seed + i} for i in range(section.chains)]
     return HypergradSearcher(
         initial, chains, meta_steps=section.meta_steps, meta_lr=section.meta_lr, patience=section.patience,
-        growth=section.growth,
+        growth=section.growth, record=spec.output_dir.resolve() / CHAINS_FILE,
         metric=METRIC, mode=MODE,
     )  # fmt: skip

@@ -619,7 +619,8 @@ def _check_workers(workers: int, knobs: list[Knob], base: Mapping[str, Any], pro
 
 
 # What the hypergrad searcher learns itself, or what the reversible trainer does not do.
-_HYPERGRAD_OWNS = ("peak_lr", "weight_decay", "lr_scaling", "grad_clip", "optimizer.", "schedule.", "patch.")
+_HYPERGRAD_OWNS = ("peak_lr", "weight_decay", "lr_scaling", "grad_clip", "optimizer.", "schedule.", "patch.",
+                   "target_loss", "gns")  # fmt: skip
 
 
 def _check_hypergrad(
@@ -636,15 +637,17 @@ def _check_hypergrad(
     owned += [f"train.{key}" for key in train if key.startswith(_HYPERGRAD_OWNS) or key == "seed"]
     for where in owned:
         problems.append(
-            f"{where}: the hypergrad searcher sets this itself (rates, momentum and weight decay are learned, "
-            "the optimizer is reversible SGD with momentum at token level, each chain has its own seed); drop it"
+            f"{where}: the hypergrad searcher sets this itself or does without (rates, momentum and weight decay "
+            "are learned, the optimizer is reversible SGD with momentum at token level, each chain has its own "
+            "seed, and every meta-iteration trains its whole budget); drop it"
         )
     if scheduler.name != "fifo":
         problems.append(f"scheduler.name: the hypergrad searcher needs every meta-iteration to finish; use fifo "
                         f"(got {scheduler.name})")  # fmt: skip
     if resources is not None and resources.distributed:
         problems.append("resources: the reversible trainer runs on one CPU worker; drop workers and gpus")
-    sizes = next((k.extremes() for k in knobs if k.name == "batch_size"), (base.get("batch_size", 16),))
+    default_batch = TrialConfig.model_fields["batch_size"].default
+    sizes = next((k.extremes() for k in knobs if k.name == "batch_size"), (base.get("batch_size", default_batch),))
     fewest = min(base["budget.compute"] // (int(b) * base["model.seq_len"]) for b in sizes)
     if fewest < searcher.blocks:
         problems.append(

@@ -147,7 +147,7 @@ def run_sweep(
     if not results.metrics.empty:
         artifacts.append(plot_val_loss(results, layout.results_dir / "val_loss.png"))
     if spec.searcher.name == "hypergrad":
-        artifacts += report_chains(results, spec.model, client, parent_run_id, layout.results_dir)
+        artifacts += report_chains(results, spec.model, client, parent_run_id, layout.root)
     predictions = read_predictions(layout.root)
     if not predictions.empty:
         artifacts.append(plot_predictions(predictions, results, layout.results_dir / "mpl_predictions.png"))

@@ -34,6 +34,7 @@ from orchestrator.selection_view import SelectionPictures
 TRIAL_ID_TAG = "effsweep.trial_id"
 SWEEP_TAG = "effsweep.sweep"
 STATUS_TAG = "status"
+REPORTED_VECTORS = "reported_vectors.json"
 
 # How an effsweep trial status shows as an MLflow run status.
 RUN_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "diverged": "FAILED", "error": "FAILED"}
@@ -93,7 +94,7 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> 
         text = str(value)
         if len(text) > MAX_PARAM_VAL_LENGTH:
             artifact = f"params/{key}.json"
-            client.log_text(run_id, json.dumps(value), artifact)
+            client.log_text(run_id, json.dumps(value, default=str), artifact)
             text = f"(too long: in artifact {artifact})"
         items.append(Param(key, text))
     for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
@@ -288,6 +289,10 @@ class MlflowTrialCallback(Callback):
         self._log_predictions()
         run_id = self.run_id(trial)
         self._batcher.flush(run_id)
+        # Reported vectors (a meta-iteration's hypergradients) are no metrics; they go whole into an artifact.
+        vectors = {k: v for k, v in (trial.last_result or {}).items() if isinstance(v, (list, tuple))}
+        if vectors:
+            self._client.log_text(run_id, json.dumps(vectors, default=str), REPORTED_VECTORS)
         status = trial_status(trial.last_result, errored)
         self._client.set_tag(run_id, STATUS_TAG, status)
         self._client.set_terminated(run_id, status=RUN_STATUS[status])

@@ -32,8 +32,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from trainables.config import TrialConfig
 from trainables.data import SweepData
+from trainables.hyperparameters import Hyperparameters
 from trainables.model import GPT, ModelConfig
-from trainables.reversible import Hyperparameters, block_of, hypergradients, meta_iteration_report
+from trainables.reversible import block_of, hypergradients, meta_iteration_report
 
 
 class DigitsTask:
@@ -125,6 +126,7 @@ def lm_meta_iteration(cfg: TrialConfig, data: SweepData, hyper: Hyperparameters)
         **report,
         "step": float(steps),
         "tokens": float(steps * cfg.tokens_per_step),
+        # Training compute, as every trial counts it; the reverse pass costs about three times more again.
         "compute": float(steps * cfg.tokens_per_step),
         "lr": float(lrs[-1].mean()),
         "lr_sum": float(sum(lrs[block_of(s, steps, len(lrs))].mean() for s in range(steps))),
@@ -152,7 +154,8 @@ def lm_group_names(model_cfg: ModelConfig) -> list[str]:
 
 def _batch_rows(population: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     """Rows of step ``step``'s batch: SplitMix64 of (seed, step, position), so no generator is built per step."""
-    counter = np.arange(batch_size, dtype=np.uint64) + np.uint64((seed << 40) + step * batch_size)
+    first = (seed * 0xD1B54A32D192ED03 + step * batch_size) % 2**64  # any seed: Python ints, then 64 bits
+    counter = np.arange(batch_size, dtype=np.uint64) + np.uint64(first)
     mixed = counter * np.uint64(0x9E3779B97F4A7C15)
     mixed = (mixed ^ (mixed >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     mixed = (mixed ^ (mixed >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)

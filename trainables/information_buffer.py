@@ -67,14 +67,16 @@ class InformationBuffer:
         self.head = np.full(size, _HEAD_LOW, dtype=np.int64)
         self.depth = np.zeros(size, dtype=np.int64)
         self._words = np.zeros((size, capacity), dtype=np.int16)
-        self._tables: tuple[np.ndarray, _Table] | None = None
-
-    def __len__(self) -> int:
-        return self.head.size
+        # The last base seen, its table, and whether its frequencies let ``unexchange`` divide in float64.
+        self._tables: tuple[np.ndarray, _Table, bool] | None = None
 
     def bits(self) -> np.ndarray:
         """Information held by each element, in bits: its stack's words and its head above 2^31."""
         return RATIO_BITS * self.depth + np.log2(self.head.astype(np.float64)) - _HEAD_LOW_BITS
+
+    def is_empty(self) -> bool:
+        """Whether every element is back at its empty state (as a reversal that undid everything leaves it)."""
+        return not self.depth.any() and bool((self.head == _HEAD_LOW).all())
 
     def nbytes(self) -> int:
         """Memory the buffer occupies now (the stack is allocated in whole columns)."""
@@ -97,8 +99,11 @@ class InformationBuffer:
         freq, start = _frequency(symbols, share, extra)
         # A decoded head was at least freq 2^16, so one below that had spilled a word.
         self._refill(np.flatnonzero(self.head < freq << RATIO_BITS))
-        # head < 2^47 and freq < 2^31: the float quotient truncates exactly (see ``_symbol``).
-        quotient = (self.head / freq).astype(np.int64)
+        if self._tables is not None and self._tables[2]:
+            # Heads are now below freq 2^32 <= 2^53: the float quotient truncates exactly (see ``_symbol``).
+            quotient = (self.head / freq).astype(np.int64)
+        else:
+            quotient = self.head // freq
         state = quotient * (_PRECISION - freq) + start + self.head
         self.head = state >> RATIO_BITS
         return state & _LOW_MASK
@@ -107,9 +112,12 @@ class InformationBuffer:
         """Each element's share of 2^31, how many symbols get one more, where those end, and the two divisors
         as floats (cached per base)."""
         if self._tables is None or self._tables[0] is not base:
+            if base.min(initial=2) < 2 or base.max(initial=2) > DENOMINATOR:
+                raise ValueError(f"bases must lie in [2, 2^16], got {base.min()} to {base.max()}")
             share = _PRECISION // base
             extra = _PRECISION - share * base
-            self._tables = (base, (share, extra, extra * (share + 1), share + 1.0, share + 0.0))
+            table = (share, extra, extra * (share + 1), share + 1.0, share + 0.0)
+            self._tables = (base, table, bool(share.max() < 1 << (53 - 32)))
         return self._tables[1]
 
     def _spill(self, index: np.ndarray) -> None:

@@ -29,7 +29,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,19 +38,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.information_buffer import DENOMINATOR, InformationBuffer, divide_exact, multiply_exact
+from trainables.fixed_point import ReversibleSGD, from_fixed
+from trainables.flat_parameters import FlatParameters
+from trainables.hyperparameters import Hyperparameters, momentum_numerators, sigmoid
+from trainables.information_buffer import DENOMINATOR
+from trainables.loop import OBJECTIVE
 
 # Keys of a meta-iteration's trial: its config carries the hyperparameters under CONFIG_PREFIX,
 # its report the hypergradients under GRAD_PREFIX and their norm as GRAD_NORM.
 CONFIG_PREFIX = "hypergrad."
 GRAD_PREFIX = "hypergrad.grad."
 GRAD_NORM = "meta_grad_norm"
-
-# Weights and velocities in units of 2^-50: the momentum multiplication is off by at most
-# 2^16 units (6e-11), and values up to 2^12 in magnitude fit.
-FRACTION_BITS = 50
-_SCALE = float(2**FRACTION_BITS)
-_LIMIT = float(2 ** (62 - FRACTION_BITS))
+REVERSAL_EXACT = "reversal_exact"
 
 
 class HyperTask(Protocol):
@@ -70,88 +68,6 @@ class HyperTask(Protocol):
     def val_loss(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor: ...
 
 
-@dataclass
-class Hyperparameters:
-    """The continuous hyperparameters, each in the space its gradient is taken in.
-
-    ``log_lr`` and ``logit_momentum`` are (blocks, groups): T steps split into
-    equal blocks, each with its own value per parameter group.
-    """
-
-    log_lr: np.ndarray
-    logit_momentum: np.ndarray
-    log_weight_decay: np.ndarray
-    log_init_scale: np.ndarray
-
-    FIELDS = ("log_lr", "logit_momentum", "log_weight_decay", "log_init_scale")
-
-    def __post_init__(self) -> None:
-        for name in self.FIELDS:
-            setattr(self, name, np.asarray(getattr(self, name), dtype=np.float64))
-        if self.log_lr.ndim != 2 or self.log_lr.shape != self.logit_momentum.shape:
-            raise ValueError(
-                f"log_lr {self.log_lr.shape} and logit_momentum {self.logit_momentum.shape} "
-                "must both be (blocks, groups)"
-            )
-        groups = self.log_lr.shape[1]
-        for name in ("log_weight_decay", "log_init_scale"):
-            if getattr(self, name).shape != (groups,):
-                raise ValueError(f"{name} must have one value per group ({groups}), got {getattr(self, name).shape}")
-
-    @classmethod
-    def initial(
-        cls,
-        *,
-        blocks: int,
-        groups: int,
-        lr: float,
-        momentum: float,
-        weight_decay: float = 1e-4,
-        init_scale: float = 1.0,
-    ) -> Hyperparameters:
-        """Constant schedules: the same rate and momentum in every block and group."""
-        if not 0 < momentum < 1:
-            raise ValueError(f"momentum must be in (0, 1), got {momentum}")
-        for name, value in (("lr", lr), ("weight_decay", weight_decay), ("init_scale", init_scale)):
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-        return cls(
-            np.full((blocks, groups), math.log(lr)),
-            np.full((blocks, groups), math.log(momentum / (1 - momentum))),
-            np.full(groups, math.log(weight_decay)),
-            np.full(groups, math.log(init_scale)),
-        )
-
-    @property
-    def blocks(self) -> int:
-        return self.log_lr.shape[0]
-
-    def to_dict(self) -> dict[str, list]:
-        return {name: getattr(self, name).tolist() for name in self.FIELDS}
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> Hyperparameters:
-        return cls(*(values[name] for name in cls.FIELDS))
-
-    def vector(self) -> np.ndarray:
-        """All values in one flat vector (the meta-optimiser's view)."""
-        return np.concatenate([getattr(self, name).ravel() for name in self.FIELDS])
-
-    def with_vector(self, vector: np.ndarray) -> Hyperparameters:
-        """The same shapes filled from ``vector``."""
-        parts, start = [], 0
-        for name in self.FIELDS:
-            shape = getattr(self, name).shape
-            size = int(np.prod(shape))
-            parts.append(np.asarray(vector[start : start + size]).reshape(shape))
-            start += size
-        return Hyperparameters(*parts)
-
-    def momenta(self) -> np.ndarray:
-        """The momentum each block and group trains with (rounded to n / 2^16)."""
-        return _numerators(self.logit_momentum) / DENOMINATOR
-
-
 @dataclass(frozen=True)
 class HyperOutcome:
     """One meta-iteration: the losses reached and the gradient of ``val_loss`` for every hyperparameter."""
@@ -159,112 +75,20 @@ class HyperOutcome:
     val_loss: float
     train_loss: float
     grads: Hyperparameters
-    exact: bool  # the reverse pass recovered the initial weights bit for bit
+    exact: bool  # the reverse pass ended exactly where training began: weights, zero velocity, empty buffer
     buffer_bits: float  # mean bits per parameter in the buffer after training
     buffer_bytes: int
     forward_s: float
     reverse_s: float
 
 
-def to_fixed(values: np.ndarray) -> np.ndarray:
-    """Float64 values as integers in units of 2^-FRACTION_BITS; refuses values out of range."""
-    if not -_LIMIT < values.min(initial=0.0) <= values.max(initial=0.0) < _LIMIT:  # also catches NaN
-        raise OverflowError(
-            f"a weight, velocity or step left the fixed-point range (|x| < {_LIMIT:g}) or is not finite: "
-            "training diverged; lower the learning rate"
-        )
-    return np.rint(values * _SCALE).astype(np.int64)
-
-
-def _to_fixed_unchecked(values: np.ndarray) -> np.ndarray:
-    """``to_fixed`` for values the forward pass already checked: undoing a step recomputes them bit for bit."""
-    return np.rint(values * _SCALE).astype(np.int64)
-
-
-def from_fixed(values: np.ndarray) -> np.ndarray:
-    return values * (1 / _SCALE)
-
-
-class ReversibleSGD:
-    """SGD with momentum on a flat float64 parameter vector, exactly invertible step by step.
-
-    ``step`` takes the gradient at the current weights; undoing it is two
-    calls, since the gradient must be evaluated at the weights before the
-    step: ``unstep_weights`` (w_{t-1} from w_t and v_t), then
-    ``unstep_velocity`` with the gradient at w_{t-1}. Rates and numerators
-    are per element; pass the same numerator array for a run of steps (the
-    buffer caches its tables by identity).
-    """
-
-    def __init__(self, weights: np.ndarray) -> None:
-        self.weights = to_fixed(np.asarray(weights, dtype=np.float64))
-        self.velocity = np.zeros_like(self.weights)
-        self.buffer = InformationBuffer(self.weights.size)
-
-    def weights_float(self) -> np.ndarray:
-        return from_fixed(self.weights)
-
-    def velocity_float(self) -> np.ndarray:
-        return from_fixed(self.velocity)
-
-    def step(self, grad: np.ndarray, lr: np.ndarray, numerator: np.ndarray, forget: np.ndarray) -> None:
-        """One step; ``forget`` is 1 - numerator / 2^16, which callers keep for a run of steps."""
-        self.velocity = multiply_exact(self.velocity, numerator, self.buffer) - to_fixed(forget * grad)
-        self.weights = self.weights + to_fixed(lr * self.velocity_float())
-
-    def unstep_weights(self, lr: np.ndarray, velocity: np.ndarray) -> None:
-        """Undo the weights' update, given the velocity as floats (``velocity_float()``, which callers reuse)."""
-        self.weights = self.weights - _to_fixed_unchecked(lr * velocity)
-
-    def unstep_velocity(self, grad: np.ndarray, numerator: np.ndarray, forget: np.ndarray) -> None:
-        self.velocity = divide_exact(self.velocity + _to_fixed_unchecked(forget * grad), numerator, self.buffer)
-
-
-class FlatParameters:
-    """A model's parameters as one float64 vector, with each element's group."""
-
-    def __init__(self, model: nn.Module, groups: Mapping[str, Sequence[str]]) -> None:
-        named = dict(model.named_parameters())
-        owner: dict[str, int] = {}
-        for index, names in enumerate(groups.values()):
-            for name in names:
-                if name not in named:
-                    raise ValueError(f"parameter group '{list(groups)[index]}' names unknown parameter '{name}'")
-                owner[name] = index
-        missing = sorted(set(named) - set(owner))
-        if missing:
-            raise ValueError(f"parameters in no group: {', '.join(missing)}")
-        self.names = list(named)
-        self.shapes = [named[n].shape for n in self.names]
-        self.sizes = [named[n].numel() for n in self.names]
-        self.n_groups = len(groups)
-        self.group_index = np.concatenate([np.full(s, owner[n]) for n, s in zip(self.names, self.sizes, strict=True)])
-        self._torch_index = torch.from_numpy(self.group_index)
-        # Groups usually hold consecutive parameters (one layer each): then sums are slices' sums.
-        starts = np.flatnonzero(np.diff(self.group_index, prepend=-1))
-        consecutive = np.array_equal(self.group_index[starts], np.arange(self.n_groups))
-        self._group_starts = starts if consecutive else None
-        self.initial = torch.cat([named[n].detach().to(torch.float64).reshape(-1) for n in self.names]).numpy()
-
-    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        parts = flat.split(self.sizes)
-        return {n: p.view(s) for n, p, s in zip(self.names, parts, self.shapes, strict=True)}
-
-    def per_element(self, per_group: np.ndarray) -> np.ndarray:
-        return per_group[self.group_index]
-
-    def per_element_tensor(self, per_group: torch.Tensor) -> torch.Tensor:
-        """``per_element`` keeping autograd's graph (for the unrolled reference)."""
-        return per_group[self._torch_index]
-
-    def group_sums(self, values: np.ndarray) -> np.ndarray:
-        if self._group_starts is not None:
-            return np.add.reduceat(values, self._group_starts)
-        return np.bincount(self.group_index, weights=values, minlength=self.n_groups)
-
-
 def block_of(step: int, steps: int, blocks: int) -> int:
-    """The block of steps that ``step`` (0-based) of ``steps`` falls in."""
+    """The block of steps that ``step`` (0-based) of ``steps`` falls in: equal blocks, the later ones longer.
+
+    Example:
+        >>> [block_of(step, 10, 3) for step in range(10)]
+        [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+    """
     return step * blocks // steps
 
 
@@ -273,9 +97,9 @@ def hypergradients(task: HyperTask, hyper: Hyperparameters, steps: int) -> Hyper
     flat = FlatParameters(task.model, task.groups)
     _check_shapes(hyper, flat.n_groups, steps)
     lrs = np.exp(hyper.log_lr)
-    numerators = _numerators(hyper.logit_momentum)
+    numerators = momentum_numerators(hyper.logit_momentum)
     # The momentum trains at its rounded value n / 2^16; its gradient flows as if it were the logit's sigmoid.
-    smooth = 1 / (1 + np.exp(-hyper.logit_momentum))
+    smooth = sigmoid(hyper.logit_momentum)
     slope = smooth * (1 - smooth)
     decay = flat.per_element(np.exp(hyper.log_weight_decay))
 
@@ -332,7 +156,7 @@ def hypergradients(task: HyperTask, hyper: Hyperparameters, steps: int) -> Hyper
         val_loss=float(val_loss.detach()),
         train_loss=train_loss,
         grads=grads,
-        exact=bool(np.array_equal(sgd.weights, initial)),
+        exact=sgd.is_initial(initial),
         buffer_bits=buffer_bits,
         buffer_bytes=buffer_bytes,
         forward_s=forward_s,
@@ -344,10 +168,10 @@ def meta_iteration_report(outcome: HyperOutcome) -> dict[str, Any]:
     """What a trial reports for one meta-iteration: losses, the hypergradients and how the reversal went."""
     return {
         "val_loss": outcome.val_loss,
-        "final_val_loss": outcome.val_loss,
+        OBJECTIVE: outcome.val_loss,
         "train_loss": outcome.train_loss,
         GRAD_NORM: float(np.linalg.norm(outcome.grads.vector())),
-        "reversal_exact": float(outcome.exact),
+        REVERSAL_EXACT: float(outcome.exact),
         "buffer_bits_per_param": outcome.buffer_bits,
         "forward_s": outcome.forward_s,
         "reverse_s": outcome.reverse_s,
@@ -360,9 +184,9 @@ def unrolled_hypergradients(task: HyperTask, hyper: Hyperparameters, steps: int)
     flat = FlatParameters(task.model, task.groups)
     _check_shapes(hyper, flat.n_groups, steps)
     leaves = {name: torch.tensor(getattr(hyper, name), requires_grad=True) for name in Hyperparameters.FIELDS}
-    # The momentum trains at its rounded value n / 2^16; its gradient flows as if it were the logit's sigmoid.
+    # As in ``hypergradients``: rounded momentum, the sigmoid's gradient.
     smooth = torch.sigmoid(leaves["logit_momentum"])
-    rounded = torch.as_tensor(_numerators(hyper.logit_momentum) / DENOMINATOR)
+    rounded = torch.as_tensor(momentum_numerators(hyper.logit_momentum) / DENOMINATOR)
     momenta = rounded + smooth - smooth.detach()
     decay = flat.per_element_tensor(torch.exp(leaves["log_weight_decay"]))
     weights = torch.from_numpy(flat.initial) * flat.per_element_tensor(torch.exp(leaves["log_init_scale"]))
@@ -377,12 +201,6 @@ def unrolled_hypergradients(task: HyperTask, hyper: Hyperparameters, steps: int)
     val_loss = task.val_loss(flat.unflatten(weights))
     grads = torch.autograd.grad(val_loss, list(leaves.values()))
     return float(val_loss.detach()), Hyperparameters(*(g.numpy() for g in grads))
-
-
-def _numerators(logit_momentum: np.ndarray) -> np.ndarray:
-    """Momentum n / 2^16 nearest each logit's sigmoid, n kept in [2, 2^16 - 1] so that both ends stay invertible."""
-    momentum = 1 / (1 + np.exp(-np.asarray(logit_momentum)))
-    return np.clip(np.round(momentum * DENOMINATOR), 2, DENOMINATOR - 1).astype(np.int64)
 
 
 def _check_shapes(hyper: Hyperparameters, groups: int, steps: int) -> None:

@@ -18,9 +18,11 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from trainables.config import TrialConfig
 from trainables.data import SweepData
+from trainables.fixed_point import FixedPointOverflow
+from trainables.hyperparameters import Hyperparameters
 from trainables.hypertasks import lm_meta_iteration
 from trainables.loop import DIVERGED, train_lm
-from trainables.reversible import CONFIG_PREFIX, Hyperparameters
+from trainables.reversible import CONFIG_PREFIX
 from trainables.workers import Workers
 
 CHECKPOINT_FILE = "run.pt"
@@ -133,6 +135,6 @@ def hypergrad_trial(config: dict[str, Any], data: SweepData) -> None:
     cfg = TrialConfig.from_flat({k: v for k, v in config.items() if not k.startswith(CONFIG_PREFIX)})
     try:
         report = lm_meta_iteration(cfg, data, Hyperparameters.from_dict(hyper))
-    except OverflowError:  # the weights left the fixed-point range: the rates are too high
+    except FixedPointOverflow:  # the weights left the fixed-point range: the rates are too high
         report = {DIVERGED: 1.0, "val_loss": math.nan, "step": 0.0, "compute": 0.0}
     tune.report(report)
