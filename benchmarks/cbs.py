@@ -3,8 +3,9 @@
 The finder (``effsweep cbs``'s ``run_batch_study``: a pilot at half the
 budget picks the target, a geometric round, a refinement round) runs first;
 then a dense grid of batch sizes a factor sqrt(2) apart, from 4 to 256, runs
-every size to the same target. Both fit S(b) = S_min (1 + B_crit / b) to what
-they measured. Compute is every trial's compute (the pilot's included for
+every size to the same target. Both fit S(b) = S_min (1 + B_crit / b) to the
+falling side of what they measured (the batch sizes up to the one with the
+fewest steps; ``orchestrator.batch_study``). Compute is every trial's compute (the pilot's included for
 the finder). The noise scale is the mean of the last ``gns`` the grid's
 trials reported, against the grid's B_crit.
 
@@ -29,7 +30,7 @@ import pandas as pd
 import ray
 from corpora import default_corpus
 
-from orchestrator.batch_study import measured_points, round_spec, run_batch_study
+from orchestrator.batch_study import falling_side, measured_points, round_spec, run_batch_study
 from orchestrator.cbs import fit_critical_batch
 from orchestrator.spec import parse_spec
 from orchestrator.sweep import SWEEP_ENV, run_sweep
@@ -57,8 +58,8 @@ def main() -> None:
         grid_sizes = [b for b in DENSE if args.compute / (b * spec.model.seq_len) >= 10]
         grid = run_sweep(round_spec(spec, Path(tmp) / "grid", grid_sizes, study.target))
         points = measured_points(grid)
-        reached = points[points["reached"]]
-        grid_fit = fit_critical_batch(reached["batch_size"], reached["steps"])
+        falling = falling_side(points)  # the finder's rule, applied to the grid alike
+        grid_fit = fit_critical_batch(falling["batch_size"], falling["steps"])
         grid_compute = _compute(grid.layout.root)
     ray.shutdown()
     gns = float(np.nanmean(points["gns"]))
@@ -73,6 +74,8 @@ def main() -> None:
         "grid_bcrit_interval": list(grid_fit.interval),
         "grid_batch_sizes": grid_sizes,
         "grid_reached": int(points["reached"].sum()),
+        "finder_fitted_batch_sizes": study.points.loc[study.points["fitted"], "batch_size"].tolist(),
+        "grid_fitted_batch_sizes": falling["batch_size"].tolist(),
         "bcrit_ratio_to_grid": study.fit.b_crit / grid_fit.b_crit,
         "finder_compute": finder_compute,
         "grid_compute": grid_compute,

@@ -14,7 +14,7 @@ import pandas as pd
 from orchestrator.cbs import CriticalBatchFit
 from orchestrator.mpl import Curve, MPLFit
 from orchestrator.results import SweepResults
-from trainables.reversible import Hyperparameters
+from trainables.hyperparameters import Hyperparameters
 
 
 def plot_val_loss(results: SweepResults, path: Path) -> Path:
@@ -92,12 +92,20 @@ def plot_predictions(predictions: pd.DataFrame, results: SweepResults, path: Pat
 
 
 def plot_batch_study(points: pd.DataFrame, fit: CriticalBatchFit | None, path: Path) -> Path:
-    """Steps and examples to the target against batch size, with the fitted S(b) and E(b) = S(b) b."""
+    """Steps and examples to the target against batch size, with the fitted S(b) and E(b) = S(b) b.
+
+    Points past the batch size with the fewest steps (``fitted`` false) are drawn grey: the fit leaves them out.
+    """
     fig, (steps_ax, examples_ax) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
     reached = points[points["reached"]]
     missed = points[~points["reached"]]
+    fitted = reached["fitted"] if "fitted" in reached else pd.Series(True, index=reached.index)
     for ax, column in ((steps_ax, "steps"), (examples_ax, "examples")):
-        ax.scatter(reached["batch_size"], reached[column], color="tab:blue", zorder=3, label="reached the target")
+        ax.scatter(reached["batch_size"][fitted], reached[column][fitted], color="tab:blue", zorder=3,
+                   label="reached the target (fitted)")  # fmt: skip
+        if not fitted.all():
+            ax.scatter(reached["batch_size"][~fitted], reached[column][~fitted], color="tab:gray", zorder=3,
+                       label="reached, past the fewest steps")  # fmt: skip
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("batch size (sequences)")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from orchestrator.batch_study import falling_side
 from orchestrator.cbs import fit_critical_batch, most_efficient_batch
 from trainables.noise_scale import NoiseScale, unbiased_terms
 
@@ -73,3 +75,16 @@ def test_the_most_efficient_batch_follows_the_steps_law() -> None:
         most_efficient_batch([32, 32], [10, 11])
     with pytest.raises(ValueError, match="do not fall with the batch size"):
         fit_critical_batch([8, 16, 32], [100, 200, 400])
+
+
+def test_the_falling_side_leaves_out_a_rise_the_law_cannot_make() -> None:
+    # The law up to 32, then steps rising again (a rate rule that overshoots at large batches),
+    # and one size that never reached the target.
+    b_crit, s_min = 12.0, 20.0
+    sizes = [4, 8, 16, 32, 64, 128, 256]
+    steps = [s_min * (1 + b_crit / b) for b in sizes[:4]] + [40.0, 60.0, float("nan")]
+    points = pd.DataFrame({"batch_size": sizes, "reached": [True] * 6 + [False], "steps": steps})
+    falling = falling_side(points)
+    assert falling["batch_size"].tolist() == [4, 8, 16, 32]
+    assert fit_critical_batch(falling["batch_size"], falling["steps"]).b_crit == pytest.approx(b_crit)
+    assert fit_critical_batch(sizes[:6], steps[:6]).b_crit < b_crit / 2  # what the rise does to a fit of all
