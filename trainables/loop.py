@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,6 @@ from trainables.model import GPT
 from trainables.noise_scale import NoiseScale, probe
 from trainables.optimizers import StepRule, build_step_rule
 from trainables.patch import PatchBatcher, patch_loss
-from trainables.target import cannot_reach, crossing
 from trainables.workers import Workers
 
 ALONE = Workers()
@@ -43,7 +42,6 @@ REPORTED_METRICS = ("step", "tokens", "compute", "train_loss", "val_loss", "lr",
 REPORTED_LABELS = ("phase",)
 OBJECTIVE = "final_val_loss"
 DIVERGED = "diverged"
-UNREACHABLE = "unreachable"
 
 Report = Callable[[dict[str, float | str]], None]
 # A report that carries a checkpoint: the metrics and the run's state (see ``train_lm``).
@@ -52,7 +50,7 @@ Save = Callable[[dict[str, float | str], dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class TrainOutcome:
-    """How a run ended: ``completed`` (with ``final_val_loss``), ``diverged`` or ``pruned`` (target out of reach)."""
+    """How a run ended: ``completed`` (with ``final_val_loss``) or ``diverged``."""
 
     status: str
     steps: int
@@ -102,10 +100,7 @@ def train_lm(
     loss is at or below it: that report carries ``final_val_loss``,
     ``reached_target`` = 1 and ``steps_to_target`` (interpolated linearly in
     the loss between it and the report before). A run that spends its budget
-    first ends as usual, with ``reached_target`` = 0. Under a rate that stays
-    flat to the end, a run whose loss could not reach the target even falling
-    at its steepest recent rate (``trainables.target.cannot_reach``) stops
-    early, pruned: ``reached_target`` = 0, ``unreachable`` = 1, no objective.
+    first ends as usual, with ``reached_target`` = 0.
 
     With ``save``, every ``checkpoint_every``-th report goes to ``save``
     with the run's whole state instead of to ``report``; ``resume`` (such a
@@ -216,22 +211,10 @@ def train_lm(
                 return TrainOutcome("diverged", run.step, None)
             reached = cfg.target_loss is not None and phase == "token" and val_loss <= cfg.target_loss
             if reached:
-                metrics["steps_to_target"] = crossing(run.last_eval, (run.step, val_loss), cfg.target_loss)
-            if phase == "token":
-                run.token_evals.append((run.step, val_loss))
-            out_of_reach = (
-                not (reached or phase_done)
-                and _judges_reach(cfg, phase, lrs, run.step)
-                and cannot_reach(run.token_evals, steps_left=(budget - run.spent) / step_compute,
-                                 target=cfg.target_loss)
-            )  # fmt: skip
-            if cfg.target_loss is not None and (reached or out_of_reach or (phase_done and phase == "token")):
+                metrics["steps_to_target"] = _crossing(run.last_eval, (run.step, val_loss), cfg.target_loss)
+            if cfg.target_loss is not None and (reached or (phase_done and phase == "token")):
                 metrics["reached_target"] = float(reached)
             run.last_eval = (run.step, val_loss)
-            if out_of_reach:
-                # Pruned: no objective, as a scheduler's stop leaves none.
-                send({**metrics, UNREACHABLE: 1.0}, rule)
-                return TrainOutcome("pruned", run.step, None)
             if reached or (phase_done and phase == "token"):
                 metrics[OBJECTIVE] = val_loss
             send(metrics, rule)
@@ -253,15 +236,14 @@ class _RunState:
     loss_sum: float = 0.0
     loss_count: int = 0
     last_eval: tuple[int, float] | None = None  # (step, val_loss) of the last report
-    token_evals: list[tuple[int, float]] = field(default_factory=list)  # the token phase's reports
 
 
-def _judges_reach(cfg: TrialConfig, phase: str, lrs: np.ndarray | None, step: int) -> bool:
-    """Whether a report may stop the run as unable to reach its target: token phase, rate flat from here on."""
-    if cfg.target_loss is None or phase != "token" or lrs is None:
-        return False
-    ahead = lrs[step - 1 :]
-    return bool(np.all(ahead == ahead[0]))
+def _crossing(before: tuple[int, float] | None, now: tuple[int, float], target: float) -> float:
+    """The step where the validation loss crossed ``target``, linear in the loss between two reports."""
+    if before is None or before[1] <= now[1]:
+        return float(now[0])
+    (s0, l0), (s1, l1) = before, now
+    return s0 + (s1 - s0) * (l0 - target) / (l0 - l1)
 
 
 def _measure_noise(noise: NoiseScale, model: GPT, window: torch.Tensor, patch_size: int, workers: Workers) -> None:
