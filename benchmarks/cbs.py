@@ -74,6 +74,8 @@ def main() -> None:
         "grid_bcrit_interval": list(grid_fit.interval),
         "grid_batch_sizes": grid_sizes,
         "grid_reached": int(points["reached"].sum()),
+        "grid_outpaced": points.loc[points["outpaced"], "batch_size"].tolist(),
+        "finder_outpaced": study.points.loc[study.points["outpaced"], "batch_size"].tolist(),
         "finder_fitted_batch_sizes": study.points.loc[study.points["fitted"], "batch_size"].tolist(),
         "grid_fitted_batch_sizes": falling["batch_size"].tolist(),
         "bcrit_ratio_to_grid": study.fit.b_crit / grid_fit.b_crit,

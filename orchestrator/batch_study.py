@@ -10,6 +10,10 @@ largest size still needs fewer steps than the one before it. Round 2 adds
 the batch sizes either side of the first estimate of B_crit, at factors of
 sqrt(2), where the fit is least sure.
 
+A trial stops as soon as a smaller batch size has reached the target in
+fewer steps than it has taken (``orchestrator.outpaced``): it is past the
+fewest steps, which the fit leaves out whatever it does next.
+
 S(b) = S_min (1 + B_crit / b) is fitted to the *falling side*: the reached
 batch sizes up to the one with the fewest steps. The law lets S only fall
 as b grows; where measured steps rise again, the learning-rate rule has
@@ -64,7 +68,7 @@ class BatchStudy:
     """The measured points (one per batch size) and the fits."""
 
     target: float
-    points: pd.DataFrame  # batch_size, reached, steps, examples, gns, fitted (on the falling side)
+    points: pd.DataFrame  # batch_size, reached, steps, examples, gns, outpaced, fitted (on the falling side)
     fit: CriticalBatchFit | None = None
     b_star: float | None = None
     rounds: list[Path] = field(default_factory=list)
@@ -199,7 +203,8 @@ def _final_loss(pilot: SweepOutcome) -> float:
 
 
 def measured_points(outcome: SweepOutcome) -> pd.DataFrame:
-    """One row per trial of a round: batch size, whether it reached the target, steps, examples, last gns."""
+    """One row per trial of a round: batch size, whether it reached the target, steps, examples, last gns,
+    and whether it was outpaced (stopped once a smaller batch size had reached the target in fewer steps)."""
     trials = outcome.results.trials.set_index("trial_id")
     metrics = outcome.results.metrics
     rows = []
@@ -208,8 +213,9 @@ def measured_points(outcome: SweepOutcome) -> pd.DataFrame:
         steps = history["steps_to_target"].max() if "steps_to_target" in history else math.nan
         reached = bool(math.isfinite(steps))
         gns = history["gns"].dropna().iloc[-1] if "gns" in history and history["gns"].notna().any() else math.nan
+        outpaced = not reached and trials.loc[trial_id, "status"] == "pruned"
         rows.append({"batch_size": batch, "reached": reached, "steps": float(steps),
-                     "examples": float(steps * batch), "gns": float(gns)})  # fmt: skip
+                     "examples": float(steps * batch), "gns": float(gns), "outpaced": outpaced})  # fmt: skip
     return pd.DataFrame(rows).sort_values("batch_size", ignore_index=True)
 
 

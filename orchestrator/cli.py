@@ -214,10 +214,10 @@ def _cbs(args: argparse.Namespace) -> int:
         print(f"effsweep cbs: {exc}", file=sys.stderr)
         return 1
     print(f"target validation loss {study.target:.4f}")
-    print(f"{'batch':>6} {'reached':>8} {'steps':>9} {'examples':>10} {'gns':>8} {'fitted':>7}")
+    print(f"{'batch':>6} {'reached':>8} {'steps':>9} {'examples':>10} {'gns':>8} {'outpaced':>9} {'fitted':>7}")
     for row in study.points.itertuples():
         print(f"{row.batch_size:>6} {row.reached!s:>8} {row.steps:>9.1f} {row.examples:>10.0f} {row.gns:>8.1f} "
-              f"{row.fitted!s:>7}")  # fmt: skip
+              f"{row.outpaced!s:>9} {row.fitted!s:>7}")  # fmt: skip
     fit = study.fit
     print(f"B_crit {fit.b_crit:.1f} (95% {fit.interval[0]:.1f} to {fit.interval[1]:.1f}), S_min {fit.s_min:.1f}, "
           f"E_min {fit.e_min:.0f}" + (f", b* {study.b_star:.1f}" if study.b_star else ""))  # fmt: skip

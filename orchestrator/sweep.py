@@ -22,6 +22,7 @@ from ray import tune
 
 from orchestrator.hypergrad_report import report_chains
 from orchestrator.layout import SweepDirError, SweepLayout, SweepRecord
+from orchestrator.outpaced import OutpacedStopper
 from orchestrator.plots import plot_predictions, plot_val_loss
 from orchestrator.progress import ConsoleProgress
 from orchestrator.pruning import read_predictions
@@ -229,9 +230,15 @@ def _tuner(spec: SweepSpec, layout: SweepLayout, storage: TrialStorage, data: Sw
             # A trial whose node is lost (or whose worker dies) runs again rather than being lost.
             failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # a retry needs only the last
+            stop=OutpacedStopper() if _races_to_target(spec) else None,
             verbose=0,  # ConsoleProgress reports instead, at the level the CLI sets
         ),
     )
+
+
+def _races_to_target(spec: SweepSpec) -> bool:
+    """Whether trials run to a target loss over several batch sizes (as ``effsweep cbs`` rounds do)."""
+    return spec.fixed_config().get("target_loss") is not None and any(k.name == "batch_size" for k in spec.knobs)
 
 
 def _summary_metrics(results: SweepResults, wall_s: float) -> dict[str, float]:
