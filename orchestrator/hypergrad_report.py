@@ -52,8 +52,7 @@ def best_hyperparameters(results: SweepResults) -> Hyperparameters | None:
 
 def _nested_array(value: object) -> np.ndarray:
     """A config's nested list as an array, whether fresh from Tune (lists) or read back from Parquet (arrays)."""
-    rows = value.tolist() if isinstance(value, np.ndarray) else value
-    return np.array([np.asarray(r, dtype=float) for r in rows] if rows and np.ndim(rows[0]) else rows, dtype=float)
+    return np.array([np.asarray(row, dtype=float) for row in value], dtype=float)
 
 
 def report_chains(

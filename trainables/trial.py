@@ -36,9 +36,7 @@ def lm_trial(config: dict[str, Any], data: SweepData) -> None:
     restarts goes on from its last checkpoint.
     """
     _quiet_checkpoints()
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-    # One intra-op thread per reserved CPU, so concurrent trials do not oversubscribe the node.
-    torch.set_num_threads(max(1, int(cpus)))
+    _use_reserved_cpus()
     train_lm(
         TrialConfig.from_flat(config),
         data,
@@ -46,6 +44,12 @@ def lm_trial(config: dict[str, Any], data: SweepData) -> None:
         save=_report_with_checkpoint,
         resume=_resumed(tune.get_checkpoint()),
     )
+
+
+def _use_reserved_cpus() -> None:
+    # One intra-op thread per reserved CPU, so concurrent trials do not oversubscribe the node.
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    torch.set_num_threads(max(1, int(cpus)))
 
 
 def _quiet_checkpoints() -> None:
@@ -129,8 +133,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
 
 def hypergrad_trial(config: dict[str, Any], data: SweepData) -> None:
     """One meta-iteration of the ``hypergrad`` searcher: train the LM reversibly, reverse, report hypergradients."""
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-    torch.set_num_threads(max(1, int(cpus)))
+    _use_reserved_cpus()
     hyper = {k.removeprefix(CONFIG_PREFIX): v for k, v in config.items() if k.startswith(CONFIG_PREFIX)}
     cfg = TrialConfig.from_flat({k: v for k, v in config.items() if not k.startswith(CONFIG_PREFIX)})
     try:
