@@ -86,6 +86,13 @@ def test_weights_leaving_the_fixed_point_range_are_an_error_not_a_wrap() -> None
             sgd.step(np.array([-3000.0]), np.array([1.0]), half, np.array([0.5]))
 
 
+def test_a_non_finite_gradient_is_an_error_naming_it() -> None:
+    sgd = ReversibleSGD(np.zeros(3))
+    half = np.full(3, DENOMINATOR // 2)
+    with pytest.raises(FixedPointOverflow, match=r"a gradient term \(1 - momentum\) g left .* or is not finite"):
+        sgd.step(np.array([0.0, np.nan, 0.0]), np.full(3, 0.1), half, np.full(3, 0.5))
+
+
 def test_exact_multiplication_is_close_to_the_product_and_undoes() -> None:
     rng = np.random.default_rng(1)
     values = rng.integers(-(2**50), 2**50, 1000)

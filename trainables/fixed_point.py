@@ -8,7 +8,7 @@ Example:
     >>> forget = 1 - numerator / 2**16
     >>> grad = np.array([0.3, -0.7])
     >>> sgd.step(grad, lr, numerator, forget)
-    >>> sgd.unstep_weights(lr, sgd.velocity_float())
+    >>> sgd.unstep_weights(lr)
     >>> sgd.unstep_velocity(grad, numerator, forget)
     >>> sgd.is_initial(start)
     True
@@ -16,15 +16,17 @@ Example:
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
-from trainables.information_buffer import InformationBuffer, divide_exact, multiply_exact
+from trainables.information_buffer import Coder, InformationBuffer, divide_exact_at, multiply_exact_at
 
 # Weights and velocities in units of 2^-50: the momentum multiplication is off by at most
 # 2^16 units (6e-11), and values up to 2^12 in magnitude fit.
 FRACTION_BITS = 50
 _SCALE = float(2**FRACTION_BITS)
 _LIMIT = float(2 ** (62 - FRACTION_BITS))
+_UNIT = 1 / _SCALE
 
 
 class FixedPointOverflow(OverflowError):
@@ -46,21 +48,8 @@ def to_fixed(values: np.ndarray, what: str = "a value") -> np.ndarray:
     return np.rint(values * _SCALE).astype(np.int64)
 
 
-def _check_range(values: np.ndarray, what: str) -> None:
-    """Keep |values| below 2^62 units, so that adding an update (also below 2^62) cannot wrap int64."""
-    if values.max(initial=0) >= 1 << 62 or values.min(initial=0) <= -(1 << 62):
-        raise FixedPointOverflow(
-            f"{what} left the fixed-point range (|x| < {_LIMIT:g}): training diverged; lower the learning rate"
-        )
-
-
-def _to_fixed_unchecked(values: np.ndarray) -> np.ndarray:
-    """``to_fixed`` for values the forward pass already checked: undoing a step recomputes them bit for bit."""
-    return np.rint(values * _SCALE).astype(np.int64)
-
-
 def from_fixed(values: np.ndarray) -> np.ndarray:
-    return values * (1 / _SCALE)
+    return values * _UNIT
 
 
 class ReversibleSGD:
@@ -71,7 +60,8 @@ class ReversibleSGD:
     step: ``unstep_weights`` (w_{t-1} from w_t and v_t), then
     ``unstep_velocity`` with the gradient at w_{t-1}. Rates and numerators
     are per element; pass the same numerator array for a run of steps (the
-    buffer caches its tables by identity).
+    buffer caches its tables by identity). Each call is one compiled pass
+    over the elements.
     """
 
     def __init__(self, weights: np.ndarray) -> None:
@@ -86,20 +76,79 @@ class ReversibleSGD:
         return from_fixed(self.velocity)
 
     def step(self, grad: np.ndarray, lr: np.ndarray, numerator: np.ndarray, forget: np.ndarray) -> None:
-        """One step; ``forget`` is 1 - numerator / 2^16, which callers keep for a run of steps."""
-        scaled = multiply_exact(self.velocity, numerator, self.buffer)  # |scaled| <= |velocity|
-        self.velocity = scaled - to_fixed(forget * grad, "a gradient term (1 - momentum) g")
-        _check_range(self.velocity, "a velocity")
-        self.weights = self.weights + to_fixed(lr * self.velocity_float(), "a weight update")
-        _check_range(self.weights, "a weight")
+        """One step; ``forget`` is 1 - numerator / 2^16, which callers keep for a run of steps.
+
+        Raises ``FixedPointOverflow`` (leaving the state part-way through the
+        step) when a value leaves the range: the run has diverged.
+        """
+        failed = _step(self.weights, self.velocity, grad, lr, numerator, forget, self.buffer.coder(numerator))
+        if failed:
+            raise FixedPointOverflow(
+                f"{_QUANTITIES[failed - 1]} left the fixed-point range (|x| < {_LIMIT:g}) or is not finite: "
+                "training diverged; lower the learning rate or the initial scale"
+            )
 
     def is_initial(self, weights: np.ndarray) -> bool:
         """Whether the state is exactly where training started: these weights, no velocity, an empty buffer."""
         return bool(np.array_equal(self.weights, weights)) and not self.velocity.any() and self.buffer.is_empty()
 
-    def unstep_weights(self, lr: np.ndarray, velocity: np.ndarray) -> None:
-        """Undo the weights' update, given the velocity as floats (``velocity_float()``, which callers reuse)."""
-        self.weights = self.weights - _to_fixed_unchecked(lr * velocity)
+    def unstep_weights(self, lr: np.ndarray) -> None:
+        """Undo the weights' update of the last step."""
+        _unstep_weights(self.weights, self.velocity, lr)
 
     def unstep_velocity(self, grad: np.ndarray, numerator: np.ndarray, forget: np.ndarray) -> None:
-        self.velocity = divide_exact(self.velocity + _to_fixed_unchecked(forget * grad), numerator, self.buffer)
+        """Undo the velocity's update, given the gradient at the weights ``unstep_weights`` restored."""
+        _unstep_velocity(self.velocity, grad, numerator, forget, self.buffer.coder(numerator))
+
+
+# What ``_step``'s failure codes 1 to 4 name.
+_QUANTITIES = ("a gradient term (1 - momentum) g", "a velocity", "a weight update", "a weight")
+_FIXED_LIMIT = 1 << 62  # |fixed-point values| stay below this, so adding two cannot wrap int64
+
+
+@numba.njit(cache=True, _nrt=False)
+def _fixed(value: float) -> int:
+    return np.int64(np.rint(value * _SCALE))
+
+
+@numba.njit(cache=True)
+def _step(
+    weights: np.ndarray,
+    velocity: np.ndarray,
+    grad: np.ndarray,
+    lr: np.ndarray,
+    numerator: np.ndarray,
+    forget: np.ndarray,
+    coder: Coder,
+) -> int:
+    """One step in place; 0, or the 1-based index in ``_QUANTITIES`` of what left the range."""
+    for i in range(weights.size):
+        term = forget[i] * grad[i]
+        if not -_LIMIT < term < _LIMIT:  # also catches NaN
+            return 1
+        moved = multiply_exact_at(coder, i, velocity[i], numerator[i]) - _fixed(term)  # |.| < 2^63
+        if not -_FIXED_LIMIT < moved < _FIXED_LIMIT:
+            return 2
+        velocity[i] = moved
+        update = lr[i] * (moved * _UNIT)
+        if not -_LIMIT < update < _LIMIT:
+            return 3
+        weights[i] += _fixed(update)
+        if not -_FIXED_LIMIT < weights[i] < _FIXED_LIMIT:
+            return 4
+    return 0
+
+
+@numba.njit(cache=True)
+def _unstep_weights(weights: np.ndarray, velocity: np.ndarray, lr: np.ndarray) -> None:
+    # The values the forward step computed, bit for bit: it checked their range.
+    for i in range(weights.size):
+        weights[i] -= _fixed(lr[i] * (velocity[i] * _UNIT))
+
+
+@numba.njit(cache=True)
+def _unstep_velocity(
+    velocity: np.ndarray, grad: np.ndarray, numerator: np.ndarray, forget: np.ndarray, coder: Coder
+) -> None:
+    for i in range(velocity.size):
+        velocity[i] = divide_exact_at(coder, i, velocity[i] + _fixed(forget[i] * grad[i]), numerator[i])

@@ -5,12 +5,12 @@ storing weights and velocities as integers and multiplying velocities by
 the momentum ``n / 2^16`` in a way that can be undone: the remainder of
 the division by 2^16 goes into an *information buffer*, and the numerator's
 missing low part comes back out of it. Their buffer is one Python big
-integer per weight. Here it is a vectorised range-asymmetric-numeral-system
-(rANS) coder, one per element: a head kept within [2^31, 2^47) and a stack of
-16-bit words. One ``exchange`` stores a 16-bit remainder (the head grows by
-16 bits) and takes out a symbol uniform over n values (it shrinks by log2 n
-bits, as an rANS decode with frequencies out of 2^31), so a multiplication
-by ``n / 2^16`` costs log2(2^16 / n) bits: log2(1/momentum) per step. Between
+integer per weight. Here it is a range-asymmetric-numeral-system (rANS)
+coder per element: a head kept within [2^31, 2^47) and a stack of 16-bit
+words. One exchange stores a 16-bit remainder (the head grows by 16 bits)
+and takes out a symbol uniform over n values (it shrinks by log2 n bits, as
+an rANS decode with frequencies out of 2^31), so a multiplication by
+``n / 2^16`` costs log2(2^16 / n) bits: log2(1/momentum) per step. Between
 the two halves the head is at most 2^63, so they need no renormalisation;
 after them a head that grew past 2^47 (about 1% of elements a step at
 momentum 0.9) moves its low 16 bits onto its stack.
@@ -18,9 +18,10 @@ momentum 0.9) moves its low 16 bits onto its stack.
 An empty stack reads as zeros, which makes every operation a bijection on
 (head, stack) and so exactly invertible.
 
-Everything is NumPy int64 arithmetic on whole arrays: an operation costs a
-few microseconds of dispatch whatever the number of parameters, which
-matters here since training calls it at every step.
+The per-element work is compiled with Numba (``multiply_exact_at`` and
+``divide_exact_at``), so that a training step's fixed-point update and its
+exchange run as one pass over the parameters: as whole-array NumPy
+operations they cost a few microseconds of dispatch each, dozens per step.
 
 Example:
     >>> import numpy as np
@@ -36,6 +37,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numba
 import numpy as np
 
 RATIO_BITS = 16
@@ -49,8 +53,11 @@ _WORD_OFFSET = 1 << 15  # 16-bit words are stored as int16, shifted down by 2^15
 # (each at least 2^31 / 2^16 = 2^15, which keeps a decoded head at or above 2^31).
 _PRECISION_BITS = 31
 _PRECISION = 1 << _PRECISION_BITS
+# A float64 quotient of integers below 2^53 truncates to the integer quotient (see ``_symbol``).
+_FLOAT_EXACT = 1 << 53
 
-_Table = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+# What compiled callers pass for a buffer: heads, depths, stacks, and each element's share and extra.
+Coder = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 class InformationBuffer:
@@ -67,8 +74,8 @@ class InformationBuffer:
         self.head = np.full(size, _HEAD_LOW, dtype=np.int64)
         self.depth = np.zeros(size, dtype=np.int64)
         self._words = np.zeros((size, capacity), dtype=np.int16)
-        # The last base seen, its table, and whether its frequencies let ``unexchange`` divide in float64.
-        self._tables: tuple[np.ndarray, _Table, bool] | None = None
+        self._depth_bound = 0  # no stack is deeper than this
+        self._tables: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # the last base, its shares, extras
 
     def bits(self) -> np.ndarray:
         """Information held by each element, in bits: its stack's words and its head above 2^31."""
@@ -82,65 +89,28 @@ class InformationBuffer:
         """Memory the buffer occupies now (the stack is allocated in whole columns)."""
         return self.head.nbytes + self.depth.nbytes + self._words.nbytes
 
-    def exchange(self, low: np.ndarray, base: np.ndarray) -> np.ndarray:
-        """Store ``low`` (each in [0, 2^16)) and take out symbols, each in [0, base) (base in [2, 2^16])."""
-        table = self._table(base)
-        state = (self.head << RATIO_BITS) | low  # in [2^47, 2^63)
-        slot = state & (_PRECISION - 1)
-        symbols = _symbol(slot, table)
-        freq, start = _frequency(symbols, table[0], table[1])
-        self.head = freq * (state >> _PRECISION_BITS) + slot - start  # in [freq 2^16, freq 2^32)
-        self._spill(np.flatnonzero(self.head >= _HEAD_HIGH))
-        return symbols
-
-    def unexchange(self, symbols: np.ndarray, base: np.ndarray) -> np.ndarray:
-        """Undo ``exchange`` with the same ``base``: put the symbols back, return the remainders it stored."""
-        share, extra, *_ = self._table(base)
-        freq, start = _frequency(symbols, share, extra)
-        # A decoded head was at least freq 2^16, so one below that had spilled a word.
-        self._refill(np.flatnonzero(self.head < freq << RATIO_BITS))
-        if self._tables is not None and self._tables[2]:
-            # Heads are now below freq 2^32 <= 2^53: the float quotient truncates exactly (see ``_symbol``).
-            quotient = (self.head / freq).astype(np.int64)
-        else:
-            quotient = self.head // freq
-        state = quotient * (_PRECISION - freq) + start + self.head
-        self.head = state >> RATIO_BITS
-        return state & _LOW_MASK
-
-    def _table(self, base: np.ndarray) -> _Table:
-        """Each element's share of 2^31, how many symbols get one more, where those end, and the two divisors
-        as floats (cached per base)."""
+    def coder(self, base: np.ndarray) -> Coder:
+        """The arrays a compiled ``*_at`` call works on for ``base`` (in [2, 2^16]), with room on every stack
+        for one more word. Pass the same base array for a run of calls: its table is cached by identity."""
         if self._tables is None or self._tables[0] is not base:
             if base.min(initial=2) < 2 or base.max(initial=2) > DENOMINATOR:
                 raise ValueError(f"bases must lie in [2, 2^16], got {base.min()} to {base.max()}")
-            share = _PRECISION // base
-            extra = _PRECISION - share * base
-            table = (share, extra, extra * (share + 1), share + 1.0, share + 0.0)
-            self._tables = (base, table, bool(share.max() < 1 << (53 - 32)))
-        return self._tables[1]
+            share = _PRECISION // base.astype(np.int64)
+            self._tables = (base, share, _PRECISION - share * base)
+        if self._depth_bound + 1 >= self._words.shape[1]:
+            self._depth_bound = int(self.depth.max())
+            if self._depth_bound + 1 >= self._words.shape[1]:
+                self._words = np.concatenate([self._words, np.zeros_like(self._words)], axis=1)
+        self._depth_bound += 1  # one call adds at most a word to each stack
+        return self.head, self.depth, self._words, self._tables[1], self._tables[2]
 
-    def _spill(self, index: np.ndarray) -> None:
-        """Move the low 16 bits of the heads at ``index`` onto their stacks."""
-        if index.size == 0:
-            return
-        depth = self.depth[index]
-        if int(depth.max()) >= self._words.shape[1]:
-            self._words = np.concatenate([self._words, np.zeros_like(self._words)], axis=1)
-        heads = self.head[index]
-        self._words[index, depth] = (heads & _LOW_MASK) - _WORD_OFFSET
-        self.depth[index] = depth + 1
-        self.head[index] = heads >> RATIO_BITS
+    def exchange(self, low: np.ndarray, base: np.ndarray) -> np.ndarray:
+        """Store ``low`` (each in [0, 2^16)) and take out symbols, each in [0, base) (base in [2, 2^16])."""
+        return _each(_exchange_at, np.asarray(low, dtype=np.int64), self.coder(base))
 
-    def _refill(self, index: np.ndarray) -> None:
-        """Bring the heads at ``index`` back up with a word from their stacks (zeros when empty)."""
-        if index.size == 0:
-            return
-        stacked = self.depth[index] > 0
-        depth = self.depth[index] - stacked
-        words = np.where(stacked, self._words[index, depth].astype(np.int64) + _WORD_OFFSET, 0)
-        self.depth[index] = depth
-        self.head[index] = (self.head[index] << RATIO_BITS) | words
+    def unexchange(self, symbols: np.ndarray, base: np.ndarray) -> np.ndarray:
+        """Undo ``exchange`` with the same ``base``: put the symbols back, return the remainders it stored."""
+        return _each(_unexchange_at, np.asarray(symbols, dtype=np.int64), self.coder(base))
 
 
 def multiply_exact(values: np.ndarray, numerator: np.ndarray, buffer: InformationBuffer) -> np.ndarray:
@@ -161,22 +131,81 @@ def divide_exact(values: np.ndarray, numerator: np.ndarray, buffer: InformationB
     return quotient * DENOMINATOR + buffer.unexchange(remainder, numerator)
 
 
-def _frequency(symbols: np.ndarray, share: np.ndarray, extra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each symbol's frequency out of 2^31 and where its range starts: the first ``extra`` symbols get one more."""
-    below = symbols < extra
-    return share + below, symbols * share + np.where(below, symbols, extra)
+# The per-element functions are compiled without reference counting (``_nrt=False``): they allocate
+# nothing, and counting references to the five arrays they are passed, once per element, made a
+# training step six times slower.
+@numba.njit(cache=True, _nrt=False)
+def multiply_exact_at(coder: Coder, i: int, value: int, numerator: int) -> int:
+    """``multiply_exact`` for element ``i`` alone, for compiled callers; ``coder`` from ``InformationBuffer.coder``."""
+    return (value >> RATIO_BITS) * numerator + _exchange_at(coder, i, value & _LOW_MASK)
 
 
-def _symbol(slot: np.ndarray, table: _Table) -> np.ndarray:
-    """The symbol whose range holds ``slot``, inverting ``_frequency``'s starts.
+@numba.njit(cache=True, _nrt=False)
+def divide_exact_at(coder: Coder, i: int, value: int, numerator: int) -> int:
+    """``divide_exact`` for element ``i`` alone, for compiled callers."""
+    return (value // numerator) * DENOMINATOR + _unexchange_at(coder, i, value % numerator)
 
-    The divisions run in float64, twice as fast as int64's here and exact:
-    a quotient a / d with a < 2^31 errs by at most a 2^-53 / d after
+
+@numba.njit(cache=True, _nrt=False)
+def _exchange_at(coder: Coder, i: int, low: int) -> int:
+    head, depth, words, shares, extras = coder
+    share, extra = shares[i], extras[i]
+    state = (head[i] << RATIO_BITS) | low  # in [2^47, 2^63)
+    slot = state & (_PRECISION - 1)
+    symbol = _symbol(slot, share, extra)
+    below = symbol < extra
+    freq = share + below
+    start = symbol * share + (symbol if below else extra)
+    top = freq * (state >> _PRECISION_BITS) + slot - start  # in [freq 2^16, freq 2^32)
+    if top >= _HEAD_HIGH:
+        words[i, depth[i]] = (top & _LOW_MASK) - _WORD_OFFSET
+        depth[i] += 1
+        top >>= RATIO_BITS
+    head[i] = top
+    return symbol
+
+
+@numba.njit(cache=True, _nrt=False)
+def _unexchange_at(coder: Coder, i: int, symbol: int) -> int:
+    head, depth, words, shares, extras = coder
+    share, extra = shares[i], extras[i]
+    below = symbol < extra
+    freq = share + below
+    start = symbol * share + (symbol if below else extra)
+    top = head[i]
+    # A decoded head was at least freq 2^16, so one below that had spilled a word (an empty stack reads 0).
+    if top < freq << RATIO_BITS:
+        word = 0
+        if depth[i] > 0:
+            depth[i] -= 1
+            word = words[i, depth[i]] + _WORD_OFFSET
+        top = (top << RATIO_BITS) | word
+    quotient = np.int64(top / freq) if top < _FLOAT_EXACT else top // freq
+    state = quotient * (_PRECISION - freq) + start + top
+    head[i] = state >> RATIO_BITS
+    return state & _LOW_MASK
+
+
+@numba.njit(cache=True, _nrt=False)
+def _symbol(slot: int, share: int, extra: int) -> int:
+    """The symbol whose range holds ``slot``: the first ``extra`` symbols have ``share + 1`` slots, the rest
+    ``share``.
+
+    The divisions run in float64, several times faster than int64's and
+    exact: a quotient a / d with a < 2^31 errs by at most a 2^-53 / d after
     rounding, less than the 1 / d between a non-integer quotient and the next
     integer, so truncation gives the integer quotient.
     """
-    _, extra, boundary, wide, narrow = table
-    value = slot.astype(np.float64)
-    return np.where(
-        slot < boundary, (value / wide).astype(np.int64), extra + ((value - boundary) / narrow).astype(np.int64)
-    )
+    boundary = extra * (share + 1)
+    if slot < boundary:
+        return np.int64(slot / (share + 1.0))
+    return extra + np.int64((slot - boundary) / (share + 0.0))
+
+
+@numba.njit(cache=True)
+def _each(element: Callable[[Coder, int, int], int], values: np.ndarray, coder: Coder) -> np.ndarray:
+    """``element(coder, i, values[i])`` for every element."""
+    out = np.empty_like(values)
+    for i in range(values.size):
+        out[i] = element(coder, i, values[i])
+    return out

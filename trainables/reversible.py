@@ -137,7 +137,7 @@ def hypergradients(task: HyperTask, hyper: Hyperparameters, steps: int) -> Hyper
         lr, numerator, forget, forget_decay = rates(block)
         velocity = sgd.velocity_float()
         grads.log_lr[block] += lrs[block] * flat.group_sums(d_weights * velocity)
-        sgd.unstep_weights(lr, velocity)
+        sgd.unstep_weights(lr)
         d_velocity = d_velocity + lr * d_weights
         weights = sgd.weights_float()
         loss, tensor = loss_at(weights, step)
