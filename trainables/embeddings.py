@@ -18,14 +18,15 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from gensim.models import KeyedVectors, Word2Vec
-from gensim.utils import simple_preprocess
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainables.corpus import CorpusError
+
+if TYPE_CHECKING:
+    from gensim.models import KeyedVectors
 
 
 class EmbeddingConfig(BaseModel):
@@ -57,6 +58,8 @@ class EmbeddingConfig(BaseModel):
 
 def words(document: str) -> list[str]:
     """Lower-cased alphabetic tokens, as gensim's ``simple_preprocess`` makes them."""
+    from gensim.utils import simple_preprocess  # gensim (with scipy.stats) takes 0.8 s to import: only here
+
     return simple_preprocess(document, min_len=2, max_len=30)
 
 
@@ -74,6 +77,8 @@ def auto_epochs(tokenised: Sequence[list[str]]) -> int:
 def word_vectors(tokenised: Sequence[list[str]], cfg: EmbeddingConfig) -> KeyedVectors:
     if cfg.pretrained:
         return _load_pretrained(Path(cfg.pretrained))
+    from gensim.models import Word2Vec
+
     model = Word2Vec(
         sentences=tokenised,
         vector_size=cfg.vector_size,
@@ -89,6 +94,8 @@ def word_vectors(tokenised: Sequence[list[str]], cfg: EmbeddingConfig) -> KeyedV
 def _load_pretrained(path: Path) -> KeyedVectors:
     if not path.is_file():
         raise CorpusError(f"{path}: no such pretrained word-vector file")
+    from gensim.models import KeyedVectors
+
     try:
         if path.suffix in (".bin", ".txt", ".vec"):
             return KeyedVectors.load_word2vec_format(str(path), binary=path.suffix == ".bin")

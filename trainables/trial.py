@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import logging
+import functools
 import math
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
@@ -23,9 +21,7 @@ from trainables.hyperparameters import Hyperparameters
 from trainables.hypertasks import lm_meta_iteration
 from trainables.loop import DIVERGED, train_lm
 from trainables.reversible import CONFIG_PREFIX
-from trainables.workers import Workers
-
-CHECKPOINT_FILE = "run.pt"
+from trainables.train_worker import load_run, quiet_checkpoints, report_run, train_worker
 
 
 def lm_trial(config: dict[str, Any], data: SweepData) -> None:
@@ -35,14 +31,14 @@ def lm_trial(config: dict[str, Any], data: SweepData) -> None:
     a trial Tune retries (its node lost, its worker dead) or a resumed sweep
     restarts goes on from its last checkpoint.
     """
-    _quiet_checkpoints()
+    quiet_checkpoints()
     _use_reserved_cpus()
     train_lm(
         TrialConfig.from_flat(config),
         data,
         report=tune.report,
-        save=_report_with_checkpoint,
-        resume=_resumed(tune.get_checkpoint()),
+        save=functools.partial(report_run, tune.report, tune.Checkpoint),
+        resume=load_run(tune.get_checkpoint()),
     )
 
 
@@ -50,26 +46,6 @@ def _use_reserved_cpus() -> None:
     # One intra-op thread per reserved CPU, so concurrent trials do not oversubscribe the node.
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     torch.set_num_threads(max(1, int(cpus)))
-
-
-def _quiet_checkpoints() -> None:
-    # Ray logs every checkpoint it persists at INFO, which floods the sweep's console; MLflow and
-    # Tune's experiment state already say where checkpoints are.
-    for name in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _report_with_checkpoint(metrics: dict[str, Any], state: dict[str, Any]) -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        torch.save(state, Path(folder) / CHECKPOINT_FILE)
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
-
-
-def _resumed(checkpoint: ray.train.Checkpoint | None) -> dict[str, Any] | None:
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=False)
 
 
 def lm_trial_distributed(
@@ -91,7 +67,7 @@ def lm_trial_distributed(
     """
     trial_id = tune.get_context().get_trial_id()
     trainer = TorchTrainer(
-        _train_worker,
+        train_worker,
         train_loop_config={"config": config, "data": data, "cpus": cpus},
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers,
@@ -106,29 +82,6 @@ def lm_trial_distributed(
         ),
     )
     trainer.fit()
-
-
-def _train_worker(loop_config: dict[str, Any]) -> None:
-    _quiet_checkpoints()
-    context = ray.train.get_context()
-    torch.set_num_threads(max(1, int(loop_config["cpus"])))
-    data = ray.get(loop_config["data"][0])
-    device = ray.train.torch.get_device()
-    workers = Workers(context.get_world_rank(), context.get_world_size())
-
-    def save(metrics: dict[str, Any], state: dict[str, Any]) -> None:
-        # Every worker reports; rank 0's state stands for all (they hold the same weights and data order).
-        if workers.rank != 0:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(state, Path(folder) / CHECKPOINT_FILE)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-
-    # A retried trial's trainer has the same run name, so Ray Train hands it the last checkpoint.
-    resume = _resumed(ray.train.get_checkpoint())
-    cfg = TrialConfig.from_flat(loop_config["config"])
-    train_lm(cfg, data, report=ray.train.report, device=device, workers=workers, save=save, resume=resume)
 
 
 def hypergrad_trial(config: dict[str, Any], data: SweepData) -> None:

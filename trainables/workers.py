@@ -1,8 +1,8 @@
 """Data-parallel training: one global batch split by rows across workers, gradients averaged.
 
 Every worker draws the same global batch (the batcher is seeded alike) and
-trains on its rows, ``rank::world_size``; a hook averages each gradient over
-the workers as soon as backward has accumulated it, so every worker takes
+trains on its rows, ``rank::world_size``; at the end of every backward, its
+gradients are averaged over the workers in one all-reduce, so every worker takes
 the step one worker would take on the whole batch, whatever path the loss
 takes through the model (``patch_loss`` reaches past ``forward``, which a
 ``DistributedDataParallel`` wrapper would not see). Losses and evaluation
@@ -48,15 +48,8 @@ class Workers:
 
     def average_gradients(self, model: nn.Module) -> None:
         """From now on, every backward leaves each gradient averaged over the workers."""
-        if not self.distributed:
-            return
-        for param in model.parameters():
-            if param.requires_grad:
-                param.register_post_accumulate_grad_hook(self._average)
-
-    def _average(self, param: torch.Tensor) -> None:
-        dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
-        param.grad.div_(self.world_size)
+        if self.distributed:
+            _GradientAverager(model, self.world_size)
 
     def sum(self, *values: float) -> list[float]:
         """Each value summed over the workers."""
@@ -68,3 +61,38 @@ class Workers:
 
     def mean(self, value: float) -> float:
         return self.sum(value)[0] / self.world_size
+
+
+class _GradientAverager:
+    """At the end of every backward, one all-reduce of all the gradients it produced, flattened together.
+
+    The first gradient a backward accumulates queues the averaging as a
+    callback of autograd's engine, which runs once that backward is done (as
+    DistributedDataParallel finalises its buckets). One call for every
+    parameter, which an all-reduce per gradient would take, costs about as
+    much as the step itself on two CPU workers. Averaging what ``.grad``
+    holds is linear, so a second backward before the step (its gradients
+    added to ones already averaged, the same on every worker) still leaves
+    the average of the sums.
+    """
+
+    def __init__(self, model: nn.Module, world_size: int) -> None:
+        self._params = [param for param in model.parameters() if param.requires_grad]
+        self._world_size = world_size
+        self._queued = False
+        for param in self._params:
+            param.register_post_accumulate_grad_hook(self._queue)
+
+    def _queue(self, _param: torch.Tensor) -> None:
+        if not self._queued:
+            self._queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._average)
+
+    def _average(self) -> None:
+        self._queued = False
+        grads = [param.grad for param in self._params if param.grad is not None]
+        flat = torch.cat([grad.reshape(-1) for grad in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.div_(self._world_size)
+        for grad, averaged in zip(grads, flat.split([grad.numel() for grad in grads]), strict=True):
+            grad.copy_(averaged.view_as(grad))
