@@ -93,6 +93,28 @@ def test_a_non_finite_gradient_is_an_error_naming_it() -> None:
         sgd.step(np.array([0.0, np.nan, 0.0]), np.full(3, 0.1), half, np.full(3, 0.5))
 
 
+def test_arrays_of_the_wrong_size_are_refused_before_the_compiled_loops() -> None:
+    # The loops do not check bounds: these would write past the buffer's arrays.
+    with pytest.raises(ValueError, match=r"remainders must have the buffer's shape \(3,\), got \(6,\)"):
+        InformationBuffer(3).exchange(np.zeros(6, dtype=np.int64), np.full(3, 100))
+    with pytest.raises(ValueError, match=r"bases must have the buffer's shape \(3,\), got \(2,\)"):
+        InformationBuffer(3).exchange(np.zeros(3, dtype=np.int64), np.full(2, 100))
+    sgd = ReversibleSGD(np.zeros(4))
+    half = np.full(4, DENOMINATOR // 2)
+    with pytest.raises(ValueError, match=r"lr must have the weights' shape \(4,\), got \(1,\)"):
+        sgd.step(np.ones(4), np.full(1, 0.1), half, np.full(4, 0.5))
+    assert sgd.is_initial(np.zeros(4, dtype=np.int64))  # refused before anything changed
+
+
+def test_a_reverse_pass_given_another_gradient_is_an_error() -> None:
+    sgd = ReversibleSGD(np.zeros(3))
+    lr, half, forget = np.full(3, 0.1), np.full(3, DENOMINATOR // 2), np.full(3, 0.5)
+    sgd.step(np.ones(3), lr, half, forget)
+    sgd.unstep_weights(lr)
+    with pytest.raises(FixedPointOverflow, match="in the reverse pass, though not in training"):
+        sgd.unstep_velocity(np.array([1.0, np.inf, 1.0]), half, forget)
+
+
 def test_exact_multiplication_is_close_to_the_product_and_undoes() -> None:
     rng = np.random.default_rng(1)
     values = rng.integers(-(2**50), 2**50, 1000)

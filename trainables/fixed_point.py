@@ -81,6 +81,7 @@ class ReversibleSGD:
         Raises ``FixedPointOverflow`` (leaving the state part-way through the
         step) when a value leaves the range: the run has diverged.
         """
+        self._check_shapes(grad=grad, lr=lr, numerator=numerator, forget=forget)
         failed = _step(self.weights, self.velocity, grad, lr, numerator, forget, self.buffer.coder(numerator))
         if failed:
             raise FixedPointOverflow(
@@ -94,11 +95,29 @@ class ReversibleSGD:
 
     def unstep_weights(self, lr: np.ndarray) -> None:
         """Undo the weights' update of the last step."""
+        self._check_shapes(lr=lr)
         _unstep_weights(self.weights, self.velocity, lr)
 
     def unstep_velocity(self, grad: np.ndarray, numerator: np.ndarray, forget: np.ndarray) -> None:
-        """Undo the velocity's update, given the gradient at the weights ``unstep_weights`` restored."""
-        _unstep_velocity(self.velocity, grad, numerator, forget, self.buffer.coder(numerator))
+        """Undo the velocity's update, given the gradient at the weights ``unstep_weights`` restored.
+
+        Raises ``FixedPointOverflow`` for a gradient term out of range, which
+        the forward step would have refused: the gradient is not the one it
+        took (a training loss that is not a deterministic function of the step).
+        """
+        self._check_shapes(grad=grad, numerator=numerator, forget=forget)
+        coder = self.buffer.coder(numerator, storing=False)
+        if not _unstep_velocity(self.velocity, grad, numerator, forget, coder):
+            raise FixedPointOverflow(
+                f"{_QUANTITIES[0]} left the fixed-point range (|x| < {_LIMIT:g}) or is not finite in the reverse "
+                "pass, though not in training: the gradient differs from the one training took"
+            )
+
+    def _check_shapes(self, **arrays: np.ndarray) -> None:
+        # The compiled loops do not check bounds: a wrong size would read or write past the arrays.
+        for name, values in arrays.items():
+            if values.shape != self.weights.shape:
+                raise ValueError(f"{name} must have the weights' shape {self.weights.shape}, got {values.shape}")
 
 
 # What ``_step``'s failure codes 1 to 4 name.
@@ -111,7 +130,10 @@ def _fixed(value: float) -> int:
     return np.int64(np.rint(value * _SCALE))
 
 
-@numba.njit(cache=True)
+# ``_step`` and ``_unstep_velocity`` are not cached on disk: Numba would check only this file's
+# timestamp, and keep running an old copy of the buffer's functions after information_buffer.py
+# changed (compiling them takes about a second per process).
+@numba.njit
 def _step(
     weights: np.ndarray,
     velocity: np.ndarray,
@@ -146,9 +168,14 @@ def _unstep_weights(weights: np.ndarray, velocity: np.ndarray, lr: np.ndarray) -
         weights[i] -= _fixed(lr[i] * (velocity[i] * _UNIT))
 
 
-@numba.njit(cache=True)
+@numba.njit
 def _unstep_velocity(
     velocity: np.ndarray, grad: np.ndarray, numerator: np.ndarray, forget: np.ndarray, coder: Coder
-) -> None:
+) -> bool:
+    """Undo a step's velocity update in place; False, part-way, at a gradient term out of range."""
     for i in range(velocity.size):
-        velocity[i] = divide_exact_at(coder, i, velocity[i] + _fixed(forget[i] * grad[i]), numerator[i])
+        term = forget[i] * grad[i]
+        if not -_LIMIT < term < _LIMIT:
+            return False
+        velocity[i] = divide_exact_at(coder, i, velocity[i] + _fixed(term), numerator[i])
+    return True

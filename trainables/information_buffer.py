@@ -89,28 +89,45 @@ class InformationBuffer:
         """Memory the buffer occupies now (the stack is allocated in whole columns)."""
         return self.head.nbytes + self.depth.nbytes + self._words.nbytes
 
-    def coder(self, base: np.ndarray) -> Coder:
-        """The arrays a compiled ``*_at`` call works on for ``base`` (in [2, 2^16]), with room on every stack
-        for one more word. Pass the same base array for a run of calls: its table is cached by identity."""
+    def coder(self, base: np.ndarray, *, storing: bool = True) -> Coder:
+        """The arrays one compiled loop of ``*_at`` calls works on, for ``base`` (one per element, in
+        [2, 2^16]); with ``storing`` (a multiplication or exchange), room on every stack for one more word.
+
+        Valid for that one loop: the next ``coder`` call may reallocate the
+        stacks. The numerator each ``*_at`` call is given must be its element's
+        ``base``. Pass the same base array for a run of calls: its table is
+        cached by identity.
+        """
+        if base.shape != self.head.shape:
+            raise ValueError(f"bases must have the buffer's shape {self.head.shape}, got {base.shape}")
         if self._tables is None or self._tables[0] is not base:
             if base.min(initial=2) < 2 or base.max(initial=2) > DENOMINATOR:
                 raise ValueError(f"bases must lie in [2, 2^16], got {base.min()} to {base.max()}")
             share = _PRECISION // base.astype(np.int64)
             self._tables = (base, share, _PRECISION - share * base)
-        if self._depth_bound + 1 >= self._words.shape[1]:
-            self._depth_bound = int(self.depth.max())
-            if self._depth_bound + 1 >= self._words.shape[1]:
-                self._words = np.concatenate([self._words, np.zeros_like(self._words)], axis=1)
-        self._depth_bound += 1  # one call adds at most a word to each stack
+        if storing:
+            # A word goes at index depth, so depths must stay below the capacity.
+            if self._depth_bound >= self._words.shape[1]:
+                self._depth_bound = int(self.depth.max())
+                if self._depth_bound >= self._words.shape[1]:
+                    self._words = np.concatenate([self._words, np.zeros_like(self._words)], axis=1)
+            self._depth_bound += 1  # a call adds at most a word to each stack
         return self.head, self.depth, self._words, self._tables[1], self._tables[2]
 
     def exchange(self, low: np.ndarray, base: np.ndarray) -> np.ndarray:
         """Store ``low`` (each in [0, 2^16)) and take out symbols, each in [0, base) (base in [2, 2^16])."""
-        return _each(_exchange_at, np.asarray(low, dtype=np.int64), self.coder(base))
+        return _each(_exchange_at, self._elementwise(low, "remainders"), self.coder(base))
 
     def unexchange(self, symbols: np.ndarray, base: np.ndarray) -> np.ndarray:
         """Undo ``exchange`` with the same ``base``: put the symbols back, return the remainders it stored."""
-        return _each(_unexchange_at, np.asarray(symbols, dtype=np.int64), self.coder(base))
+        return _each(_unexchange_at, self._elementwise(symbols, "symbols"), self.coder(base, storing=False))
+
+    def _elementwise(self, values: np.ndarray, what: str) -> np.ndarray:
+        # The compiled loops do not check bounds: a wrong size would write past the arrays.
+        values = np.asarray(values, dtype=np.int64)
+        if values.shape != self.head.shape:
+            raise ValueError(f"{what} must have the buffer's shape {self.head.shape}, got {values.shape}")
+        return values
 
 
 def multiply_exact(values: np.ndarray, numerator: np.ndarray, buffer: InformationBuffer) -> np.ndarray:
@@ -131,9 +148,9 @@ def divide_exact(values: np.ndarray, numerator: np.ndarray, buffer: InformationB
     return quotient * DENOMINATOR + buffer.unexchange(remainder, numerator)
 
 
-# The per-element functions are compiled without reference counting (``_nrt=False``): they allocate
-# nothing, and counting references to the five arrays they are passed, once per element, made a
-# training step six times slower.
+# The per-element functions are compiled without reference counting (``_nrt=False``, an option of
+# Numba's own rather than of its documented API): they allocate nothing, and counting references to
+# the five arrays they are passed, once per element, made a training step six times slower.
 @numba.njit(cache=True, _nrt=False)
 def multiply_exact_at(coder: Coder, i: int, value: int, numerator: int) -> int:
     """``multiply_exact`` for element ``i`` alone, for compiled callers; ``coder`` from ``InformationBuffer.coder``."""

@@ -68,28 +68,30 @@ class _GradientAverager:
 
     The first gradient a backward accumulates queues the averaging as a
     callback of autograd's engine, which runs once that backward is done (as
-    DistributedDataParallel finalises its buckets). One call for every
-    parameter, which an all-reduce per gradient would take, costs about as
-    much as the step itself on two CPU workers. Averaging what ``.grad``
-    holds is linear, so a second backward before the step (its gradients
-    added to ones already averaged, the same on every worker) still leaves
-    the average of the sums.
+    DistributedDataParallel finalises its buckets). An all-reduce per
+    gradient instead costs about as much as the step itself on two CPU
+    workers. Averaging what ``.grad`` holds is linear, so a second backward
+    before the step (its gradients added to ones already averaged, the same
+    on every worker) still leaves the average of the sums. Every worker must
+    reach the same parameters in its backward, as they do here: the same
+    model and loss on rows of the same batch.
     """
 
     def __init__(self, model: nn.Module, world_size: int) -> None:
         self._params = [param for param in model.parameters() if param.requires_grad]
         self._world_size = world_size
-        self._queued = False
+        self._queued_for: int | None = None  # the backward (autograd graph task) already queued
         for param in self._params:
             param.register_post_accumulate_grad_hook(self._queue)
 
     def _queue(self, _param: torch.Tensor) -> None:
-        if not self._queued:
-            self._queued = True
+        # By the graph task's id rather than a flag, which a backward that raised would leave set.
+        task = torch._C._current_graph_task_id()
+        if task != self._queued_for:
+            self._queued_for = task
             torch.autograd.Variable._execution_engine.queue_callback(self._average)
 
     def _average(self) -> None:
-        self._queued = False
         grads = [param.grad for param in self._params if param.grad is not None]
         flat = torch.cat([grad.reshape(-1) for grad in grads])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
