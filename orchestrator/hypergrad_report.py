@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.hypergrad_search import CHAINS_FILE
 from orchestrator.plots import plot_learned_schedules
 from orchestrator.results import CONFIG_PREFIX, SweepResults
-from orchestrator.tracking import log_metric_series, set_tags
+from orchestrator.tracking import MetricBatcher, set_tags
 from trainables.hyperparameters import Hyperparameters
 from trainables.hypertasks import lm_group_names
 from trainables.model import ModelConfig
@@ -63,13 +64,13 @@ def report_chains(
     history = chain_history(results)
     keys = {f"chain{c}.{k}" for c in history["chain"].unique() for k in ("val_loss", GRAD_NORM)}
     logged = {key: {m.step for m in client.get_metric_history(run_id, key)} for key in keys}
-    series = [
-        (f"chain{row.chain}.{key}", float(getattr(row, key)), int(row.meta_step))
-        for row in history.itertuples()
-        for key in ("val_loss", GRAD_NORM)
-        if int(row.meta_step) not in logged[f"chain{row.chain}.{key}"]
-    ]
-    log_metric_series(client, run_id, series)
+    batcher, now = MetricBatcher(client), int(time.time() * 1000)
+    for row in history.itertuples():
+        for key in ("val_loss", GRAD_NORM):
+            name = f"chain{row.chain}.{key}"
+            if int(row.meta_step) not in logged[name]:
+                batcher.add(run_id, {name: float(getattr(row, key))}, step=int(row.meta_step), timestamp_ms=now)
+    batcher.flush()
     record = sweep_dir / CHAINS_FILE
     if record.is_file():
         ends = {f"chain{c['chain']}.ended": c["ended"] for c in json.loads(record.read_text()) if c["ended"]}

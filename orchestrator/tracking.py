@@ -101,14 +101,6 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> 
         client.log_batch(run_id, params=chunk)
 
 
-def log_metric_series(client: MlflowClient, run_id: str, points: Iterable[tuple[str, float, int]]) -> None:
-    """Metric histories given as (key, value, step), in batches."""
-    now = int(time.time() * 1000)
-    metrics = [Metric(key, value, now, step) for key, value, step in points]
-    for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=chunk)
-
-
 def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
     items = [RunTag(key, str(value)) for key, value in tags.items()]
     for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):

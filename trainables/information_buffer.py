@@ -170,9 +170,7 @@ def _exchange_at(coder: Coder, i: int, low: int) -> int:
     state = (head[i] << RATIO_BITS) | low  # in [2^47, 2^63)
     slot = state & (_PRECISION - 1)
     symbol = _symbol(slot, share, extra)
-    below = symbol < extra
-    freq = share + below
-    start = symbol * share + (symbol if below else extra)
+    freq, start = _frequency(symbol, share, extra)
     top = freq * (state >> _PRECISION_BITS) + slot - start  # in [freq 2^16, freq 2^32)
     if top >= _HEAD_HIGH:
         words[i, depth[i]] = (top & _LOW_MASK) - _WORD_OFFSET
@@ -185,10 +183,7 @@ def _exchange_at(coder: Coder, i: int, low: int) -> int:
 @numba.njit(cache=True, _nrt=False)
 def _unexchange_at(coder: Coder, i: int, symbol: int) -> int:
     head, depth, words, shares, extras = coder
-    share, extra = shares[i], extras[i]
-    below = symbol < extra
-    freq = share + below
-    start = symbol * share + (symbol if below else extra)
+    freq, start = _frequency(symbol, shares[i], extras[i])
     top = head[i]
     # A decoded head was at least freq 2^16, so one below that had spilled a word (an empty stack reads 0).
     if top < freq << RATIO_BITS:
@@ -201,6 +196,13 @@ def _unexchange_at(coder: Coder, i: int, symbol: int) -> int:
     state = quotient * (_PRECISION - freq) + start + top
     head[i] = state >> RATIO_BITS
     return state & _LOW_MASK
+
+
+@numba.njit(cache=True, _nrt=False)
+def _frequency(symbol: int, share: int, extra: int) -> tuple[int, int]:
+    """A symbol's frequency out of 2^31 and where its range starts: the first ``extra`` symbols get one more."""
+    below = symbol < extra
+    return share + below, symbol * share + (symbol if below else extra)
 
 
 @numba.njit(cache=True, _nrt=False)

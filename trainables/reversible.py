@@ -132,10 +132,10 @@ def hypergradients(task: HyperTask, hyper: Hyperparameters, steps: int) -> Hyper
 
     grads = Hyperparameters(*(np.zeros_like(getattr(hyper, name)) for name in Hyperparameters.FIELDS))
     d_velocity = np.zeros_like(d_weights)
+    velocity = sgd.velocity_float()
     for step in reversed(range(steps)):
         block = block_of(step, steps, hyper.blocks)
         lr, numerator, forget, forget_decay = rates(block)
-        velocity = sgd.velocity_float()
         grads.log_lr[block] += lrs[block] * flat.group_sums(d_weights * velocity)
         sgd.unstep_weights(lr)
         d_velocity = d_velocity + lr * d_weights
@@ -146,7 +146,8 @@ def hypergradients(task: HyperTask, hyper: Hyperparameters, steps: int) -> Hyper
         (hvp,) = torch.autograd.grad(data_grad, tensor, grad_outputs=torch.from_numpy(forget * d_velocity))
         grad = data_grad.detach().numpy() + decay * weights
         sgd.unstep_velocity(grad, numerator, forget)
-        grads.logit_momentum[block] += flat.group_sums(d_velocity * (sgd.velocity_float() + grad)) * slope[block]
+        velocity = sgd.velocity_float()  # v_{t-1}: this step's momentum gradient, and the next step's start
+        grads.logit_momentum[block] += flat.group_sums(d_velocity * (velocity + grad)) * slope[block]
         decayed = forget_decay * d_velocity
         grads.log_weight_decay -= flat.group_sums(decayed * weights)
         d_weights = d_weights - hvp.numpy() - decayed
