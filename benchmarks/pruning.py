@@ -20,7 +20,10 @@ errors). ``mpl_to_asha_compute`` compares them at equal regret: the compute
 of the cheapest MPL setting whose mean regret is at most ``TARGET`` over
 that of the cheapest such ASHA setting.
 
-Run: ``.venv/bin/python benchmarks/pruning.py [--orders 3] [--concurrency 4]``.
+Run: ``.venv/bin/python benchmarks/pruning.py [--bank PATH] [--orders 3] [--concurrency 4]``; the
+bank is ``curves/bank.parquet`` (the joint space) unless ``--bank`` names
+another, such as ``curves/planned.parquet`` (planned schedules only; see
+``benchmarks/record_curves.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,7 @@ from orchestrator.mpl import fit_mpl
 from orchestrator.pruning import MPLPruner, TrialTrack, predict_final
 from orchestrator.replay import BankOrder, config_key, read_bank, replay_trial
 
-BANK = Path(__file__).resolve().parent / "curves" / "bank.parquet"
+CURVES = Path(__file__).resolve().parent / "curves"
 SHARED = 8
 TARGET = 0.005
 FRACTIONS = (0.1, 0.2, 0.3)
@@ -95,7 +97,7 @@ def _spearman(order: list[dict[str, Any]], reports: dict, truth: dict[str, float
             track.observe(report)
         tracks[config_key(config)] = track
     shared = [tracks[config_key(c)] for c in order[:SHARED]]
-    fit = fit_mpl([t.curve(str(i)) for i, t in enumerate(shared) if t.modelled and len(t.steps) >= 3], per_curve=True)
+    fit = fit_mpl([t.curve(str(i)) for i, t in enumerate(shared) if t.modelled and len(t.steps) >= 3], per_curve=("A",))
     scores = {}
     for fraction in FRACTIONS:
         predicted, actual = [], []
@@ -116,15 +118,15 @@ def _spearman(order: list[dict[str, Any]], reports: dict, truth: dict[str, float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bank", type=Path, default=CURVES / "bank.parquet")
     parser.add_argument("--orders", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
-    configs, reports = read_bank(BANK)
+    configs, reports = read_bank(args.bank)
     truth = {config_key(c): reports[config_key(c)][-1]["final_val_loss"] for c in configs}
     best = min(truth.values())
     total = sum(reports[config_key(c)][-1]["compute"] for c in configs)
     budget = max(TrialTrack.from_config(c).budget for c in configs)
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     ray.init(num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False)
     runs: dict[str, list[dict[str, float]]] = {}
     spearman: dict[float, list[float]] = {f: [] for f in FRACTIONS}
@@ -140,7 +142,12 @@ def main() -> None:
                 )
                 print(f"order {seed} {name}: {runs[name][-1]}", flush=True)
     ray.shutdown()
-    summary: dict[str, Any] = {"trials": len(configs), "orders": args.orders, "concurrency": args.concurrency}
+    summary: dict[str, Any] = {
+        "bank": args.bank.name,
+        "trials": len(configs),
+        "orders": args.orders,
+        "concurrency": args.concurrency,
+    }
     for name, outcomes in runs.items():
         summary[f"{name}_compute"] = float(np.mean([o["compute"] for o in outcomes]))
         summary[f"{name}_regret"] = float(np.mean([o["regret"] for o in outcomes]))
