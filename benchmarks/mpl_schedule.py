@@ -74,7 +74,7 @@ def main() -> None:
     _data = prepare_default_model_data(corpus, MODEL_PRESETS[args.model]["seq_len"])
     with ProcessPoolExecutor(max_workers=2) as pool:  # fork: workers share the prepared data
         fitted = list(pool.map(_curve, FIT_RUNS, FIT_RUNS.values(), *_same(args, 3)))
-        fit = fit_mpl([c.from_step(args.min_step) for c in fitted], per_curve=False)
+        fit = fit_mpl([c.from_step(args.min_step) for c in fitted], per_curve=())
         law = fit.params()
         optimal = {"schedule.name": "mpl_optimal", **{f"schedule.mpl_law.{k}": v for k, v in law.as_dict().items()}}
         runs = {**COMPARED, "mpl_optimal": optimal}

@@ -387,7 +387,7 @@ def _mpl_fit(args: argparse.Namespace) -> int:
 def _mpl_plot(args: argparse.Namespace) -> int:
     fitted = [Curve.read_csv(p).from_step(args.min_step) for p in args.fit]
     predicted = [Curve.read_csv(p).from_step(args.min_step) for p in args.predict]
-    print(plot_mpl(fitted, predicted, fit_mpl(fitted, per_curve=False), args.out))
+    print(plot_mpl(fitted, predicted, fit_mpl(fitted, per_curve=()), args.out))
     return 0
 
 

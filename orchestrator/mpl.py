@@ -4,10 +4,13 @@ Given (alpha, C, beta, gamma) the law is linear in L0, A and B, so the fit
 optimises only those four (in log space, within bounds, from several starts,
 with a Huber loss on relative residuals, about the log of the loss) and
 solves L0, A and B by bounded weighted least squares at every evaluation
-(variable projection). L0 and A are either shared by every curve (one model
-on one corpus, the paper's setting) or fitted per curve (a sweep's trials
-differ in data, batch size and peak rate, but share the shape of their
-decay); B, alpha, C, beta and gamma are always shared. A prior (an earlier
+(variable projection). ``per_curve`` names which of L0 and A each curve
+gets its own of: none (one model on one corpus, the paper's setting), A
+alone (a sweep's trials on one model and one validation set: they share the
+loss the law tends to, but differ in data, batch size and peak rate, hence
+in how fast they approach it), or both; B, alpha, C, beta and gamma are
+always shared. Each curve's own L0 is poorly pinned by a curve that is still
+falling (L0 and A trade off), so a sweep shares it. A prior (an earlier
 fit) pulls the four nonlinear parameters towards it, so a sweep can fit
 early curves that have not decayed yet.
 
@@ -115,7 +118,7 @@ class Curve:
 
 @dataclass
 class MPLFit:
-    """Fitted parameters: the shared ones, and L0 and A per curve (or one pair for all)."""
+    """Fitted parameters: the shared ones, and each curve's L0 and A (its own or the shared ones)."""
 
     shared: dict[str, float]
     per_curve: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -125,7 +128,7 @@ class MPLFit:
         """The law's parameters for curve ``name`` (or the shared L0 and A when fitted jointly)."""
         if name is not None and name in self.per_curve:
             l0, a = self.per_curve[name]
-        elif "L0" in self.shared:
+        elif "A" in self.shared:
             l0, a = self.shared["L0"], self.shared["A"]
         else:
             raise KeyError(f"no L0 and A for curve {name!r}: it was not fitted and none are shared")
@@ -177,14 +180,20 @@ def read_law(path: Path) -> MPLParams:
 def fit_mpl(
     curves: Sequence[Curve],
     *,
-    per_curve: bool,
+    per_curve: tuple[str, ...],
     prior: MPLFit | None = None,
     prior_strength: float = 1.0,
     huber_scale: float = 0.005,
 ) -> MPLFit:
-    """Fit the law to ``curves`` (see the module docstring); the best of several starts."""
+    """Fit the law to ``curves`` (see the module docstring); the best of several starts.
+
+    ``per_curve``: which of ``"L0"`` and ``"A"`` each curve gets its own of;
+    a per-curve L0 needs a per-curve A.
+    """
     if not curves:
         raise ValueError("fit_mpl needs at least one curve")
+    if not set(per_curve) <= {"L0", "A"} or per_curve == ("L0",):
+        raise ValueError(f"per_curve must be (), ('A',) or ('L0', 'A'), got {per_curve!r}")
     terms = [c.terms() for c in curves]
     observed = np.concatenate([c.losses for c in curves])
     solve = _LinearPart(terms, [c.losses for c in curves], per_curve)
@@ -214,36 +223,42 @@ def fit_mpl(
     predicted, linear = solve(nonlinear)
     rmse = float(np.sqrt(np.mean(((predicted - observed) / observed) ** 2)))
     shared = {**nonlinear, "B": linear["B"]}
-    if per_curve:
-        return MPLFit(shared, {c.name: linear["curves"][i] for i, c in enumerate(curves)}, rmse)
-    l0, a = linear["curves"][0]
-    return MPLFit({**shared, "L0": l0, "A": a}, {}, rmse)
+    pairs = linear["curves"]
+    if not per_curve:
+        return MPLFit({**shared, "L0": pairs[0][0], "A": pairs[0][1]}, {}, rmse)
+    if "L0" not in per_curve:
+        shared["L0"] = pairs[0][0]
+    return MPLFit(shared, {c.name: pairs[i] for i, c in enumerate(curves)}, rmse)
 
 
 class _LinearPart:
     """Solves L0, A (per curve or shared) and B for given nonlinear parameters, weighting by 1 / loss."""
 
-    def __init__(self, terms: list[ScheduleTerms], losses: list[np.ndarray], per_curve: bool) -> None:
+    def __init__(self, terms: list[ScheduleTerms], losses: list[np.ndarray], per_curve: tuple[str, ...]) -> None:
         self.terms = terms
-        self.per_curve = per_curve
+        # The design's columns: L0 (one, or one per curve), then A (likewise), then B.
+        self.n_l0 = len(terms) if "L0" in per_curve else 1
+        self.n_a = len(terms) if "A" in per_curve else 1
         self.weights = 1.0 / np.concatenate(losses)
         self.target = np.ones_like(self.weights)  # observed / observed
         self.sizes = [len(t.power_area) for t in terms]
 
     def __call__(self, nonlinear: dict[str, float]) -> tuple[np.ndarray, dict[str, Any]]:
-        n_pairs = len(self.terms) if self.per_curve else 1
-        design = np.zeros((sum(self.sizes), 2 * n_pairs + 1))
+        design = np.zeros((sum(self.sizes), self.n_l0 + self.n_a + 1))
         row = 0
         for i, (t, size) in enumerate(zip(self.terms, self.sizes, strict=True)):
-            pair = i if self.per_curve else 0
-            design[row : row + size, 2 * pair] = 1.0
-            design[row : row + size, 2 * pair + 1] = t.power_area ** (-nonlinear["alpha"])
+            design[row : row + size, min(i, self.n_l0 - 1)] = 1.0
+            design[row : row + size, self.n_l0 + min(i, self.n_a - 1)] = t.power_area ** (-nonlinear["alpha"])
             design[row : row + size, -1] = -t.decay(nonlinear["C"], nonlinear["beta"], nonlinear["gamma"])
             row += size
         weighted = design * self.weights[:, None]
         lower = np.zeros(design.shape[1])
         solution = lsq_linear(weighted, self.target, bounds=(lower, np.full(design.shape[1], np.inf))).x
-        pairs = [(float(solution[2 * p]), float(solution[2 * p + 1])) for p in range(n_pairs)]
+        l0s, amplitudes = solution[: self.n_l0], solution[self.n_l0 : -1]
+        pairs = [
+            (float(l0s[min(i, self.n_l0 - 1)]), float(amplitudes[min(i, self.n_a - 1)]))
+            for i in range(max(self.n_l0, self.n_a))
+        ]
         return design @ solution, {"curves": pairs, "B": float(solution[-1])}
 
 
@@ -272,7 +287,7 @@ def fit_and_predict(
     """
     fitted_curves = [Curve.read_csv(p).from_step(min_step) for p in fit_paths]
     predicted_curves = [Curve.read_csv(p).from_step(min_step) for p in predict_paths]
-    fit = fit_mpl(fitted_curves, per_curve=False)
+    fit = fit_mpl(fitted_curves, per_curve=())
     report: dict[str, Any] = {"fit": fit.to_json(), "min_step": min_step, "fitted": {}, "predicted": {}}
     for group, curves in (("fitted", fitted_curves), ("predicted", predicted_curves)):
         for curve in curves:

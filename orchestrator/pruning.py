@@ -133,30 +133,32 @@ class TrialTrack:
 
 
 def predict_final(track: TrialTrack, fit: MPLFit, z: float, min_relative_error: float = 0.0) -> Prediction | None:
-    """The trial's final loss with an interval, L0 and A fitted to its curve, the rest from ``fit``.
+    """The trial's final loss with an interval: A fitted to its curve so far, the rest from ``fit``.
 
-    The interval's half-width is ``z`` standard errors, and at least
-    ``min_relative_error`` of the prediction (``calibrate`` measures it).
+    L0 and the decay shape are the sweep's (one model and one validation
+    set: the trials share the loss the law tends to), so one parameter is
+    fitted per trial; with L0 free as well, a curve that is still falling
+    cannot tell L0 from A, and the predictions scatter. The interval's
+    half-width is ``z`` standard errors, and at least ``min_relative_error``
+    of the prediction (``calibrate`` measures it).
     """
     if len(track.steps) < 3:
         return None
     lrs = track.schedule()
     steps = np.asarray(track.steps)
+    losses = np.asarray(track.losses)
     terms = schedule_terms(lrs, np.concatenate([steps, [len(lrs)]]))
     shape = fit.shared
     power = terms.power_area ** (-shape["alpha"])
     decay = shape["B"] * terms.decay(shape["C"], shape["beta"], shape["gamma"])
-    losses = np.asarray(track.losses)
-    design = np.column_stack([np.ones(len(steps)), power[:-1]])
-    weights = 1.0 / losses
-    coef, *_ = np.linalg.lstsq(design * weights[:, None], (losses + decay[:-1]) * weights, rcond=None)
-    residual = (design @ coef - decay[:-1] - losses) * weights
-    dof = max(len(steps) - 2, 1)
-    sigma2 = max(float(residual @ residual) / dof, fit.relative_rmse**2)
-    covariance = sigma2 * np.linalg.pinv((design * weights[:, None]).T @ (design * weights[:, None]))
-    at_end = np.array([1.0, power[-1]])
-    value = float(at_end @ coef - decay[-1])
-    spread = math.sqrt(max(float(at_end @ covariance @ at_end), 0.0) + (fit.relative_rmse * value) ** 2)
+    # loss = L0 + A * power - decay, solved for A on relative residuals.
+    x = power[:-1] / losses
+    y = (losses + decay[:-1] - shape["L0"]) / losses
+    amplitude = max(float(x @ y) / float(x @ x), 0.0)
+    residual = amplitude * x - y
+    sigma2 = max(float(residual @ residual) / max(len(steps) - 1, 1), fit.relative_rmse**2)
+    value = shape["L0"] + amplitude * power[-1] - decay[-1]
+    spread = math.sqrt(sigma2 / float(x @ x) * power[-1] ** 2 + (fit.relative_rmse * value) ** 2)
     half = max(z * spread, min_relative_error * value)
     return Prediction(value, value - half, value + half)
 
@@ -184,7 +186,7 @@ def _refit(
     curves: list[Curve], prior: dict[str, Any] | None, finished: list[TrialTrack], fractions: tuple[float, ...]
 ) -> dict[str, Any]:
     """The shared fit and its calibration, run in a separate process (so a picklable, top-level function)."""
-    fit = fit_mpl(curves, per_curve=True, prior=MPLFit.from_json(prior) if prior else None)
+    fit = fit_mpl(curves, per_curve=("A",), prior=MPLFit.from_json(prior) if prior else None)
     return {"fit": fit.to_json(), "calibration": calibrate(finished, fit, fractions)}
 
 
@@ -381,6 +383,8 @@ class MPLPruner(FIFOScheduler):
             last = raw.pop("last")
             self._tracks[tid] = TrialTrack(**raw, last=Prediction(**last) if last else None)
         self._fit = MPLFit.from_json(state["fit"]) if state["fit"] else None
+        if self._fit is not None and "L0" not in self._fit.shared:
+            self._fit = None  # written before the sweep shared L0; refitted when the next trial completes
         self._calibration = state.get("calibration", [])
 
 

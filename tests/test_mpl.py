@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,7 @@ def test_the_fit_recovers_known_parameters_from_noisy_curves() -> None:
         _synthetic("cosine", _rates(name="cosine", min_lr_frac=0.0), 1e-3, 1),
         _synthetic("two_step", _rates(name="two_step"), 1e-3, 2),
     ]
-    fit = fit_mpl(curves, per_curve=False)
+    fit = fit_mpl(curves, per_curve=())
     assert fit.shared["alpha"] == pytest.approx(TRUE.alpha, rel=0.1)
     assert fit.shared["L0"] == pytest.approx(TRUE.L0, rel=0.02)
     assert fit.shared["B"] == pytest.approx(TRUE.B, rel=0.2)
@@ -95,12 +96,30 @@ def test_per_curve_fits_share_the_decay_and_own_their_offsets() -> None:
     for i, shift in enumerate((0.0, 0.3)):
         losses = mpl_predict(TRUE, lrs, steps) + shift
         curves.append(Curve.from_log(f"trial{i}", steps, lrs[steps - 1], losses))
-    fit = fit_mpl(curves, per_curve=True)
+    fit = fit_mpl(curves, per_curve=("L0", "A"))
     l0_a, l0_b = fit.per_curve["trial0"][0], fit.per_curve["trial1"][0]
     assert l0_b - l0_a == pytest.approx(0.3, abs=0.02)
     assert "L0" not in fit.shared
     again = MPLFit.from_json(fit.to_json())
     assert again.params("trial1") == fit.params("trial1")
+
+
+def test_a_sweep_fit_shares_l0_and_gives_each_curve_its_own_amplitude() -> None:
+    steps = np.arange(100, T + 1, 100)
+    curves = []
+    for i, (name, amplitude) in enumerate((("cosine", 0.5), ("wsd", 0.7), ("constant", 0.6))):
+        lrs = _rates(name=name, min_lr_frac=0.0)
+        losses = mpl_predict(replace(TRUE, A=amplitude), lrs, steps)
+        curves.append(Curve.from_log(f"trial{i}", steps, lrs[steps - 1], losses))
+    fit = fit_mpl(curves, per_curve=("A",))
+    assert fit.shared["L0"] == pytest.approx(TRUE.L0, rel=0.02)
+    amplitudes = np.array([fit.per_curve[f"trial{i}"][1] for i in range(3)])
+    # A trades off against alpha a little (an equally good fit); their ratios are pinned.
+    assert amplitudes / amplitudes[0] == pytest.approx([1.0, 1.4, 1.2], rel=0.02)
+    assert fit.relative_rmse < 5e-3
+    assert {fit.per_curve[f"trial{i}"][0] for i in range(3)} == {fit.shared["L0"]}
+    with pytest.raises(ValueError, match=r"per_curve must be .* got \('L0',\)"):
+        fit_mpl(curves, per_curve=("L0",))
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from trainables.config import TrialConfig
 from trainables.multipower import MPLParams, mpl_predict
 
 SHAPE = {"alpha": 0.45, "B": 350.0, "C": 2.0, "beta": 0.6, "gamma": 0.55}
+SWEEP = SHAPE | {"L0": 2.0}  # a sweep's shared fit: the decay shape and L0
 
 
 def test_the_decision_rule() -> None:
@@ -44,7 +45,7 @@ def test_a_trial_following_the_law_is_predicted_within_its_interval() -> None:
     track = TrialTrack.from_config(cfg.to_flat())
     for step in range(100, 901, 100):  # 30% of the run, all before the decay
         track.observe({"step": step, "compute": step * 2048, "val_loss": float(mpl_predict(truth, lrs, [step])[0])})
-    prediction = predict_final(track, MPLFit(dict(SHAPE), {}, 0.002), z=1.64)
+    prediction = predict_final(track, MPLFit(dict(SWEEP), {}, 0.002), z=1.64)
     final = float(mpl_predict(truth, lrs, [len(lrs)])[0])
     assert prediction.low <= final <= prediction.high
     assert prediction.value == pytest.approx(final, rel=2e-3)
@@ -60,7 +61,7 @@ def test_calibration_widens_early_intervals_by_the_errors_seen_on_finished_trial
         loss = float(mpl_predict(truth, lrs, [step])[0]) + (0.3 if step <= 300 else 0.0)  # a transient early on
         track.observe({"step": step, "compute": step * 2048, "val_loss": loss})
     track.final = track.losses[-1]
-    fit = MPLFit(dict(SHAPE), {}, 0.002)
+    fit = MPLFit(dict(SWEEP), {}, 0.002)
     early, late = calibrate([track], fit, (0.1, 0.5))
     assert early > 0.02 and late < early  # the transient misleads the early prediction, not the later one
     narrow = predict_final(track.until(0.1 * track.budget), fit, z=1.64)
@@ -104,13 +105,13 @@ def test_state_and_predictions_survive_a_restart(tmp_path: Path) -> None:
     pruner._tracks["t1"] = TrialTrack(
         1e6, 0, [1e-3] * 10, steps=[1, 2, 3], losses=[3.0, 2.9, 2.8], compute=3e4, next_decision=1, final=2.5
     )
-    pruner._fit = MPLFit(dict(SHAPE), {}, 0.01)
+    pruner._fit = MPLFit(dict(SWEEP), {}, 0.01)
     pruner._calibration = [0.05, 0.02]
     pruner._log("t1", 3, pruner._tracks["t1"], Prediction(2.5, 2.4, 2.6), stop=False)
     pruner._save()
     again = MPLPruner(tmp_path)
     again._load()
-    assert again._tracks["t1"] == pruner._tracks["t1"] and again._fit.shared == SHAPE
+    assert again._tracks["t1"] == pruner._tracks["t1"] and again._fit.shared == SWEEP
     assert again._calibration == [0.05, 0.02]
     feed = PredictionFeed(tmp_path)
     assert [line["mpl_pred_final"] for line in feed.new()] == [2.5]
