@@ -1,16 +1,24 @@
-"""Record the curve bank: 48 configurations of the joint space, each run to the end.
+"""Record a curve bank: 48 configurations of a sweep space, each run to the end.
 
-A real sweep (``search_spaces/joint.yaml``'s space, random search, no
-pruning, the ``tiny`` model, 1M tokens of compute per trial, a report every
-25 steps) on Alpaca (``../shared/data/alpaca_data.json``); every report of
-every trial goes to ``benchmarks/curves/bank.parquet`` with the trial's
-config, for ``benchmarks/pruning.py`` to replay.
+A real sweep (a spec's space, random search, no pruning, the ``tiny`` model)
+on Alpaca (``../shared/data/alpaca_data.json``); every report of every trial
+goes to a Parquet bank with the trial's config, for ``benchmarks/pruning.py``
+to replay. Two banks are committed:
 
-Run: ``.venv/bin/python benchmarks/record_curves.py`` (about 15 minutes).
+- ``curves/bank.parquet``: ``search_spaces/joint.yaml`` (every knob and step
+  rule), 1M tokens of compute per trial, a report every 25 steps (about 15
+  minutes): ``.venv/bin/python benchmarks/record_curves.py``;
+- ``curves/planned.parquet``: ``search_spaces/planned_schedules.yaml`` (AdamW
+  on planned schedules, what the Multi-Power Law models), 3M tokens, a
+  report every 50 steps, so that 20% of a trial lies past the fresh model's
+  transient (about 40 minutes):
+  ``.venv/bin/python benchmarks/record_curves.py --spec search_spaces/planned_schedules.yaml
+  --out benchmarks/curves/planned.parquet --compute 3000000 --eval-every 50``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -23,19 +31,26 @@ from orchestrator.sweep import run_sweep
 
 HERE = Path(__file__).resolve().parent
 ALPACA = HERE.parents[1] / "shared" / "data" / "alpaca_data.json"
-BANK = HERE / "curves" / "bank.parquet"
 KEPT = ["step", "tokens", "compute", "val_loss", "train_loss", "lr", "lr_sum", "phase", "patch_phase", "final_val_loss"]
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", type=Path, default=HERE.parent / "search_spaces" / "joint.yaml")
+    parser.add_argument("--out", type=Path, default=HERE / "curves" / "bank.parquet")
+    parser.add_argument("--compute", type=float, default=1_000_000, help="compute per trial")
+    parser.add_argument("--eval-every", type=int, default=25, help="steps between reports")
+    parser.add_argument("--trials", type=int, default=48)
+    args = parser.parse_args()
     if not ALPACA.is_file():
-        sys.exit(f"{ALPACA} is absent; the bank in {BANK} stays as it is")
-    raw = yaml.safe_load((HERE.parent / "search_spaces" / "joint.yaml").read_text())
+        sys.exit(f"{ALPACA} is absent; the bank in {args.out} stays as it is")
+    raw = yaml.safe_load(args.spec.read_text())
     with tempfile.TemporaryDirectory() as tmp:
         raw.update(
-            name="bank", output_dir=str(Path(tmp) / "bank"), model={"size": "tiny"}, budget={"compute": 1_000_000},
-            train={"eval_every": 25}, searcher={"name": "random", "seed": 7}, scheduler="fifo", trials=48,
+            name="bank", output_dir=str(Path(tmp) / "bank"), model={"size": "tiny"}, budget={"compute": args.compute},
+            searcher={"name": "random", "seed": 7}, scheduler="fifo", trials=args.trials,
         )  # fmt: skip
+        raw["train"] = {**raw.get("train", {}), "eval_every": args.eval_every}
         raw["data"] = {**raw["data"], "corpus": str(ALPACA), "eval_tokens": 8192}
         outcome = run_sweep(parse_spec(raw))
         trials = outcome.results.trials.set_index("trial_id")
@@ -46,9 +61,10 @@ def main() -> None:
     }
     bank = metrics[["trial_id", *[c for c in KEPT if c in metrics.columns]]].rename(columns={"trial_id": "trial"})
     bank["config"] = bank["trial"].map(configs)
-    BANK.parent.mkdir(parents=True, exist_ok=True)
-    bank.to_parquet(BANK, index=False)
-    print(f"{BANK}: {bank['trial'].nunique()} trials, {len(bank)} reports; {trials['status'].value_counts().to_dict()}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    bank.to_parquet(args.out, index=False)
+    statuses = trials["status"].value_counts().to_dict()
+    print(f"{args.out}: {bank['trial'].nunique()} trials, {len(bank)} reports; {statuses}")
 
 
 if __name__ == "__main__":
