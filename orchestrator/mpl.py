@@ -12,7 +12,7 @@ in how fast they approach it), or both; B, alpha, C, beta and gamma are
 always shared. Each curve's own L0 is poorly pinned by a curve that is still
 falling (L0 and A trade off), so a sweep shares it. A prior (an earlier
 fit) pulls the four nonlinear parameters towards it, so a sweep can fit
-early curves that have not decayed yet.
+early curves that have not decayed yet, and is the fit's only start.
 
 Curves may be logged at intervals: the rate between logged steps is
 interpolated linearly, and before the first logged step it warms up
@@ -208,9 +208,9 @@ def fit_mpl(
             return fit
         return np.concatenate([fit, math.sqrt(prior_strength) * huber_scale * (z - centre)])
 
-    starts = [np.log([s[k] for k in NONLINEAR]) for s in _STARTS]
-    if centre is not None:
-        starts.insert(0, centre)
+    # A sweep refits after every completed trial and its shape moves little from one fit to the
+    # next: the prior alone is the start (each start costs a full optimisation).
+    starts = [centre] if centre is not None else [np.log([s[k] for k in NONLINEAR]) for s in _STARTS]
     best = None
     for start in starts:
         result = least_squares(
