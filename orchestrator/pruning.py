@@ -2,10 +2,10 @@
 
 At decision points (fractions of each trial's planned compute) the pruner
 predicts the trial's ``final_val_loss`` from its curve so far and its
-planned learning rates: L0 and A are fitted to the trial alone (a closed-form
-weighted least-squares fit), the decay shape (alpha, B, C, beta, gamma) is
-shared by the sweep and refitted, in a separate process, on every trial's
-curve whenever a trial completes. The prediction comes with an interval
+planned learning rates: A is fitted to the trial alone (closed form), while
+L0 and the decay shape (alpha, B, C, beta, gamma) are shared by the sweep
+and refitted, in a separate process, on every trial's curve whenever a
+trial completes. The prediction comes with an interval
 (the fit's standard error and the shared fit's model error, times ``z``, and
 at least the largest relative error made predicting the completed trials
 from their curves at the same share of their compute: early in a run the
@@ -157,7 +157,7 @@ def predict_final(track: TrialTrack, fit: MPLFit, z: float, min_relative_error: 
     amplitude = max(float(x @ y) / float(x @ x), 0.0)
     residual = amplitude * x - y
     sigma2 = max(float(residual @ residual) / max(len(steps) - 1, 1), fit.relative_rmse**2)
-    value = shape["L0"] + amplitude * power[-1] - decay[-1]
+    value = float(shape["L0"] + amplitude * power[-1] - decay[-1])
     spread = math.sqrt(sigma2 / float(x @ x) * power[-1] ** 2 + (fit.relative_rmse * value) ** 2)
     half = max(z * spread, min_relative_error * value)
     return Prediction(value, value - half, value + half)
