@@ -192,7 +192,7 @@ def fit_mpl(
     """
     if not curves:
         raise ValueError("fit_mpl needs at least one curve")
-    if not set(per_curve) <= {"L0", "A"} or per_curve == ("L0",):
+    if set(per_curve) not in (set(), {"A"}, {"L0", "A"}):
         raise ValueError(f"per_curve must be (), ('A',) or ('L0', 'A'), got {per_curve!r}")
     terms = [c.terms() for c in curves]
     observed = np.concatenate([c.losses for c in curves])
@@ -236,29 +236,26 @@ class _LinearPart:
 
     def __init__(self, terms: list[ScheduleTerms], losses: list[np.ndarray], per_curve: tuple[str, ...]) -> None:
         self.terms = terms
-        # The design's columns: L0 (one, or one per curve), then A (likewise), then B.
-        self.n_l0 = len(terms) if "L0" in per_curve else 1
-        self.n_a = len(terms) if "A" in per_curve else 1
+        # The design's columns: L0 (one, or one per curve), then A (likewise), then B; curve i's are these.
+        own = range(len(terms))
+        self.l0_column = list(own) if "L0" in per_curve else [0] * len(terms)
+        self.a_column = [max(self.l0_column) + 1 + (i if "A" in per_curve else 0) for i in own]
         self.weights = 1.0 / np.concatenate(losses)
         self.target = np.ones_like(self.weights)  # observed / observed
         self.sizes = [len(t.power_area) for t in terms]
 
     def __call__(self, nonlinear: dict[str, float]) -> tuple[np.ndarray, dict[str, Any]]:
-        design = np.zeros((sum(self.sizes), self.n_l0 + self.n_a + 1))
+        design = np.zeros((sum(self.sizes), max(self.a_column) + 2))
         row = 0
         for i, (t, size) in enumerate(zip(self.terms, self.sizes, strict=True)):
-            design[row : row + size, min(i, self.n_l0 - 1)] = 1.0
-            design[row : row + size, self.n_l0 + min(i, self.n_a - 1)] = t.power_area ** (-nonlinear["alpha"])
+            design[row : row + size, self.l0_column[i]] = 1.0
+            design[row : row + size, self.a_column[i]] = t.power_area ** (-nonlinear["alpha"])
             design[row : row + size, -1] = -t.decay(nonlinear["C"], nonlinear["beta"], nonlinear["gamma"])
             row += size
         weighted = design * self.weights[:, None]
         lower = np.zeros(design.shape[1])
         solution = lsq_linear(weighted, self.target, bounds=(lower, np.full(design.shape[1], np.inf))).x
-        l0s, amplitudes = solution[: self.n_l0], solution[self.n_l0 : -1]
-        pairs = [
-            (float(l0s[min(i, self.n_l0 - 1)]), float(amplitudes[min(i, self.n_a - 1)]))
-            for i in range(max(self.n_l0, self.n_a))
-        ]
+        pairs = [(float(solution[l0]), float(solution[a])) for l0, a in zip(self.l0_column, self.a_column, strict=True)]
         return design @ solution, {"curves": pairs, "B": float(solution[-1])}
 
 
