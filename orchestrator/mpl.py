@@ -156,6 +156,14 @@ class MPLFit:
             raise CurveError(f"{path}: not an MPL fit written by 'effsweep mpl fit --json' ({exc})") from None
 
 
+def read_fit(path: Path) -> MPLFit:
+    """An MPL fit, from ``effsweep mpl fit --json`` or a sweep's folder (its pruner's shared fit)."""
+    path = Path(path)
+    if path.is_dir():
+        return MPLFit.from_json(_sweep_state(path)["fit"])
+    return MPLFit.read(path)
+
+
 def read_law(path: Path) -> MPLParams:
     """The law an ``mpl_optimal`` schedule optimises, from ``effsweep mpl fit --json`` or a sweep's folder.
 
@@ -163,18 +171,23 @@ def read_law(path: Path) -> MPLParams:
     the lowest final loss.
     """
     path = Path(path)
-    if path.is_dir():
-        state_path = path / "mpl" / "state.json"
-        if not state_path.is_file():
-            raise CurveError(f"{path}: not a sweep folder with an MPL fit (no {state_path}; use scheduler: mpl)")
-        state = json.loads(state_path.read_text())
-        if not state.get("fit"):
-            raise CurveError(f"{state_path}: the sweep never fitted the law (too few trials completed)")
-        fit = MPLFit.from_json(state["fit"])
-        tracks = state["tracks"].items()
-        finals = {tid: t["final"] for tid, t in tracks if t["final"] is not None and tid in fit.per_curve}
-        return fit.params(min(finals, key=finals.get) if finals else None)
-    return MPLFit.read(path).params()
+    if not path.is_dir():
+        return MPLFit.read(path).params()
+    state = _sweep_state(path)
+    fit = MPLFit.from_json(state["fit"])
+    tracks = state["tracks"].items()
+    finals = {tid: t["final"] for tid, t in tracks if t["final"] is not None and tid in fit.per_curve}
+    return fit.params(min(finals, key=finals.get) if finals else None)
+
+
+def _sweep_state(path: Path) -> dict[str, Any]:
+    state_path = path / "mpl" / "state.json"
+    if not state_path.is_file():
+        raise CurveError(f"{path}: not a sweep folder with an MPL fit (no {state_path}; use scheduler: mpl)")
+    state = json.loads(state_path.read_text())
+    if not state.get("fit"):
+        raise CurveError(f"{state_path}: the sweep never fitted the law (too few trials completed)")
+    return state
 
 
 def fit_mpl(

@@ -15,7 +15,11 @@ A trial is stopped when even its optimistic prediction is worse, by
 loss, or a running trial's upper bound.
 
 Nothing is stopped by a prediction until ``min_completed`` trials the law
-models have finished: before then the sweep has no fitted decay shape.
+models have finished: before then the sweep has no fitted decay shape,
+unless it is given a ``prior``, the shared fit of an earlier sweep (or of
+``effsweep mpl fit``) on the same model and validation data. With one, the
+first trials are judged from the prior's L0 and decay shape, and the
+sweep's own fit starts from it once ``min_completed`` trials have finished.
 ``background=False`` refits in the foreground instead, so a replay gives the
 same decisions every time. Trials with patch training are judged on their
 token phase only, whose schedule starts afresh.
@@ -196,6 +200,8 @@ class MPLPruner(FIFOScheduler):
     Example:
         >>> import tempfile
         >>> pruner = MPLPruner(Path(tempfile.mkdtemp()), fractions=(0.2, 0.5), margin=0.01)
+        >>> law = {"L0": 2.0, "alpha": 0.4, "B": 300.0, "C": 2.0, "beta": 0.6, "gamma": 0.6}
+        >>> warm = MPLPruner(Path(tempfile.mkdtemp()), prior=MPLFit(law, relative_rmse=0.01))
         >>> should_stop(Prediction(2.6, 2.55, 2.65), incumbent_high=2.5, margin=0.01)
         True
     """
@@ -208,12 +214,16 @@ class MPLPruner(FIFOScheduler):
         margin: float = 0.0,
         z: float = 1.64,
         min_completed: int = 2,
+        prior: MPLFit | None = None,
         background: bool = True,
     ) -> None:
         if not fractions or any(not 0 < f < 1 for f in fractions):
             raise ValueError(f"decision fractions must lie in (0, 1), got {fractions}")
         if margin < 0 or z <= 0 or min_completed < 1:
             raise ValueError(f"need margin >= 0, z > 0, min_completed >= 1; got {margin}, {z}, {min_completed}")
+        if prior is not None and "L0" not in prior.shared:
+            raise ValueError(f"a prior needs one L0 for all its curves; this fit has one per curve: {prior.shared}")
+        self.prior = prior
         super().__init__()
         self.folder = Path(sweep_dir) / "mpl"
         self.fractions = tuple(sorted(fractions))
@@ -223,7 +233,7 @@ class MPLPruner(FIFOScheduler):
 
     def _reset(self) -> None:
         self._tracks: dict[str, TrialTrack] = {}
-        self._fit: MPLFit | None = None
+        self._fit: MPLFit | None = self.prior
         self._calibration: list[float] = []
         self._pending: Future | None = None
         self._pool: ProcessPoolExecutor | None = None
@@ -382,9 +392,8 @@ class MPLPruner(FIFOScheduler):
         for tid, raw in state["tracks"].items():
             last = raw.pop("last")
             self._tracks[tid] = TrialTrack(**raw, last=Prediction(**last) if last else None)
-        self._fit = MPLFit.from_json(state["fit"]) if state["fit"] else None
-        if self._fit is not None and "L0" not in self._fit.shared:
-            self._fit = None  # written before the sweep shared L0; refitted when the next trial completes
+        if state["fit"] and "L0" in state["fit"]["shared"]:  # older fits, per-trial L0, are refitted instead
+            self._fit = MPLFit.from_json(state["fit"])
         self._calibration = state.get("calibration", [])
 
 

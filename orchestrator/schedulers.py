@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+from orchestrator.mpl import read_fit
 from orchestrator.pruning import MPLPruner
 from orchestrator.spec import SweepSpec
 
@@ -25,6 +26,7 @@ def build_scheduler(spec: SweepSpec, sweep_dir: Path) -> TrialScheduler:
         return MPLPruner(
             sweep_dir, fractions=tuple(scheduler.fractions), margin=scheduler.margin, z=scheduler.z,
             min_completed=scheduler.min_completed,
+            prior=read_fit(Path(scheduler.prior)) if scheduler.prior else None,
         )  # fmt: skip
     budget = spec.budget.compute
     return ASHAScheduler(

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from orchestrator.mpl import CurveError, read_law
+from orchestrator.mpl import CurveError, read_fit, read_law
 from search_spaces.build import DISTRIBUTIONS, Knob, combinations
 from trainables.config import (
     SELF_RATED,
@@ -106,6 +106,9 @@ class SchedulerSection(_Section):
     margin: float = Field(0.0, ge=0, description="mpl: how much worse a trial's optimistic prediction must be")
     z: float = Field(1.64, gt=0, description="mpl: prediction interval half-width in standard errors")
     min_completed: int = Field(2, ge=1, description="mpl: trials to finish before any is stopped")
+    prior: str | None = Field(
+        None, description="mpl: an earlier sweep's folder or an 'effsweep mpl fit --json' file, to judge from the start"
+    )
 
     @field_validator("fractions")
     @classmethod
@@ -255,6 +258,8 @@ def parse_spec(raw: Any, source: str = "") -> SweepSpec:
     model = _model_config(top.model, problems)
     searcher = _validate(SearcherSection, _named(top.searcher), "searcher", problems) or SearcherSection()
     scheduler = _validate(SchedulerSection, _named(top.scheduler), "scheduler", problems) or SchedulerSection()
+    if scheduler.prior is not None:
+        _check_prior(scheduler, problems)
     resources = _validate(ResourcesSection, top.resources or {}, "resources", problems)
     tracking = _validate(TrackingSection, top.tracking or {}, "tracking", problems)
 
@@ -333,6 +338,19 @@ def _named(raw: Any) -> Any:
     if raw is None:
         return {}
     return {"name": raw} if isinstance(raw, str) else raw
+
+
+def _check_prior(scheduler: SchedulerSection, problems: list[str]) -> None:
+    if scheduler.name != "mpl":
+        problems.append(f"scheduler.prior: only the mpl scheduler takes a prior (this one is {scheduler.name})")
+        return
+    try:
+        fit = read_fit(Path(scheduler.prior))
+    except CurveError as exc:
+        problems.append(f"scheduler.prior: {exc}")
+        return
+    if "L0" not in fit.shared:
+        problems.append(f"scheduler.prior: {scheduler.prior} fits L0 per curve; a prior needs one L0 for all")
 
 
 def _check_corpus(corpus: str, problems: list[str]) -> None:

@@ -21,7 +21,8 @@ from orchestrator.pruning import (
     predict_final,
     should_stop,
 )
-from orchestrator.spec import parse_spec
+from orchestrator.schedulers import build_scheduler
+from orchestrator.spec import SpecError, parse_spec
 from orchestrator.sweep import run_sweep
 from tests.conftest import tiny_spec
 from trainables.config import TrialConfig
@@ -120,11 +121,52 @@ def test_state_and_predictions_survive_a_restart(tmp_path: Path) -> None:
     assert [line["stopped"] for line in feed.new()] == [True]
 
 
+def test_a_prior_judges_trials_before_any_has_completed(tmp_path: Path) -> None:
+    settings = {"budget.compute": 3000 * 2048, "batch_size": 16, "schedule.name": "wsd"}
+    lrs = TrialConfig.from_flat(settings).planned_lrs()
+    prior = MPLFit(dict(SWEEP), {}, 0.002)
+    cold = MPLPruner(tmp_path / "cold", fractions=(0.2,), background=False)
+    warm = MPLPruner(tmp_path / "warm", fractions=(0.2,), prior=prior, background=False)
+    decisions: dict[str, list[str]] = {"cold": [], "warm": []}
+    for name, amplitude in (("fast", 0.6), ("slow", 1.2)):  # slow: twice the distance still to go
+        law = MPLParams(L0=2.0, A=amplitude, **SHAPE)
+        trial = SimpleNamespace(trial_id=name, config=settings)
+        for label, pruner in (("cold", cold), ("warm", warm)):
+            pruner.on_trial_add(None, trial)
+            for step in range(100, 601, 100):  # to 20% of the run
+                loss = float(mpl_predict(law, lrs, [step])[0])
+                decision = pruner.on_trial_result(None, trial, {"step": step, "compute": step * 2048, "val_loss": loss})
+            decisions[label].append(decision)
+    assert decisions == {"cold": ["CONTINUE", "CONTINUE"], "warm": ["CONTINUE", "STOP"]}
+    restarted = MPLPruner(tmp_path / "warm", prior=prior)
+    restarted._load()
+    assert restarted._fit.shared == SWEEP  # no fit of its own yet: still the prior
+
+
+def test_a_spec_names_its_prior_and_bad_priors_are_refused(tmp_path: Path) -> None:
+    good, per_trial = tmp_path / "fit.json", tmp_path / "per_trial.json"
+    good.write_text(json.dumps({"fit": MPLFit(dict(SWEEP), {}, 0.01).to_json()}))
+    per_trial.write_text(json.dumps({"fit": MPLFit(dict(SHAPE), {"a": (2.0, 0.5)}, 0.01).to_json()}))
+    spec = parse_spec(tiny_spec(scheduler={"name": "mpl", "prior": str(good)}))
+    assert build_scheduler(spec, tmp_path / "sweep")._fit.shared == SWEEP
+    for scheduler, expected in (
+        ({"name": "mpl", "prior": str(tmp_path / "missing.json")}, "missing.json: no such fit file"),
+        ({"name": "mpl", "prior": str(per_trial)}, "per_trial.json fits L0 per curve"),
+        ({"name": "asha", "prior": str(good)}, "only the mpl scheduler takes a prior (this one is asha)"),
+    ):
+        with pytest.raises(SpecError) as caught:
+            parse_spec(tiny_spec(scheduler=scheduler))
+        [problem] = caught.value.problems
+        assert problem.startswith("scheduler.prior: ") and expected in problem
+
+
 def test_constructor_arguments_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"decision fractions must lie in \(0, 1\), got \(0.5, 1.2\)"):
         MPLPruner(tmp_path, fractions=(0.5, 1.2))
     with pytest.raises(ValueError, match="need margin >= 0"):
         MPLPruner(tmp_path, margin=-0.1)
+    with pytest.raises(ValueError, match="a prior needs one L0 for all its curves"):
+        MPLPruner(tmp_path, prior=MPLFit(SHAPE, {"a": (2.0, 0.5)}, 0.01))
 
 
 def test_a_real_sweep_stops_a_bad_trial_and_keeps_a_late_decaying_one(local_ray: None, tmp_path: Path) -> None:
