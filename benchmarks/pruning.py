@@ -20,6 +20,12 @@ errors). ``mpl_to_asha_compute`` compares them at equal regret: the compute
 of the cheapest MPL setting whose mean regret is at most ``TARGET`` over
 that of the cheapest such ASHA setting.
 
+Two oracles bound what any predictor could do. Each knows every trial's
+final loss and stops, at the first decision point (10%), every trial whose
+final loss is more than ``TARGET`` above the bank's best: ``oracle`` only
+once three trials have completed, as ``mpl`` must wait for a fitted decay
+shape, and ``oracle_unwaiting`` from the first trial on.
+
 Run: ``.venv/bin/python benchmarks/pruning.py [--bank PATH] [--orders 3] [--concurrency 4]``; the
 bank is ``curves/bank.parquet`` (the joint space) unless ``--bank`` names
 another, such as ``curves/planned.parquet`` (planned schedules only; see
@@ -38,10 +44,17 @@ from typing import Any
 import numpy as np
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import (
+    ASHAScheduler,
+    AsyncHyperBandScheduler,
+    FIFOScheduler,
+    MedianStoppingRule,
+    TrialScheduler,
+)
 from scipy.stats import spearmanr
 
-from orchestrator.mpl import fit_mpl
+from orchestrator.mpl import MPLFit, fit_mpl
 from orchestrator.pruning import MPLPruner, TrialTrack, predict_final
 from orchestrator.replay import BankOrder, config_key, read_bank, replay_trial
 
@@ -51,8 +64,29 @@ TARGET = 0.005
 FRACTIONS = (0.1, 0.2, 0.3)
 
 
-def _schedulers(budget: float, folder: Path) -> dict[str, Any]:
+class _Oracle(FIFOScheduler):
+    """Stops a trial that will not end within ``TARGET`` of the best, at its first decision point."""
+
+    def __init__(self, truth: dict[str, float], first: float, wait_for: int) -> None:
+        super().__init__()
+        self.truth, self.first, self.wait_for = truth, first, wait_for
+        self.good_enough = min(truth.values()) * (1.0 + TARGET)
+        self.completed = 0
+
+    def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
+        self.completed += 1
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        decided = result["compute"] >= self.first * TrialTrack.from_config(trial.config).budget
+        losing = self.truth[config_key(trial.config)] > self.good_enough
+        if self.completed >= self.wait_for and decided and losing:
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+
+def _schedulers(budget: float, folder: Path, truth: dict[str, float], prior: MPLFit | None) -> dict[str, Any]:
     rungs = {"time_attr": "compute", "metric": "val_loss", "mode": "min"}
+    warm = MPLPruner(folder.with_name(f"{folder.name}-prior"), min_completed=3, prior=prior, background=False)
     return {
         "none": FIFOScheduler(),
         "asha": ASHAScheduler(max_t=budget, grace_period=0.25 * budget, reduction_factor=3, **rungs),
@@ -63,7 +97,9 @@ def _schedulers(budget: float, folder: Path) -> dict[str, Any]:
         ),
         "mpl": MPLPruner(folder, min_completed=3, background=False),
         "mpl_aggressive": MPLPruner(folder.with_name(folder.name + "-z0.5"), min_completed=3, z=0.5, background=False),
-    }
+        "oracle": _Oracle(truth, FRACTIONS[0], wait_for=3),
+        "oracle_unwaiting": _Oracle(truth, FRACTIONS[0], wait_for=0),
+    } | ({"mpl_prior": warm} if prior else {})
 
 
 def _replay(order: list[dict[str, Any]], reports: dict, scheduler: Any, concurrency: int, storage: Path) -> dict:
@@ -89,15 +125,20 @@ def _replay(order: list[dict[str, Any]], reports: dict, scheduler: Any, concurre
     return {"compute": compute, "best": min(finals.values())}
 
 
-def _spearman(order: list[dict[str, Any]], reports: dict, truth: dict[str, float]) -> dict[float, float]:
-    tracks = {}
-    for config in order:
+def _shared_fit(configs: list[dict[str, Any]], reports: dict) -> MPLFit:
+    """L0 and the decay shape fitted on the whole curves of those of ``configs`` the law models."""
+    tracks = []
+    for config in configs:
         track = TrialTrack.from_config(config)
         for report in reports[config_key(config)]:
             track.observe(report)
-        tracks[config_key(config)] = track
-    shared = [tracks[config_key(c)] for c in order[:SHARED]]
-    fit = fit_mpl([t.curve(str(i)) for i, t in enumerate(shared) if t.modelled and len(t.steps) >= 3], per_curve=("A",))
+        tracks.append(track)
+    curves = [t.curve(str(i)) for i, t in enumerate(tracks) if t.modelled and len(t.steps) >= 3]
+    return fit_mpl(curves, per_curve=("A",))
+
+
+def _spearman(order: list[dict[str, Any]], reports: dict, truth: dict[str, float]) -> dict[float, float]:
+    fit = _shared_fit(order[:SHARED], reports)
     scores = {}
     for fraction in FRACTIONS:
         predicted, actual = [], []
@@ -121,8 +162,10 @@ def main() -> None:
     parser.add_argument("--bank", type=Path, default=CURVES / "bank.parquet")
     parser.add_argument("--orders", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--prior-bank", type=Path, help="another bank; an extra mpl_prior run starts from its fit")
     args = parser.parse_args()
     configs, reports = read_bank(args.bank)
+    prior = _shared_fit(*read_bank(args.prior_bank)) if args.prior_bank else None
     truth = {config_key(c): reports[config_key(c)][-1]["final_val_loss"] for c in configs}
     best = min(truth.values())
     total = sum(reports[config_key(c)][-1]["compute"] for c in configs)
@@ -135,7 +178,7 @@ def main() -> None:
             order = [configs[i] for i in np.random.default_rng(seed).permutation(len(configs))]
             for fraction, rho in _spearman(order, reports, truth).items():
                 spearman[fraction].append(rho)
-            for name, scheduler in _schedulers(budget, Path(tmp) / f"mpl-{seed}").items():
+            for name, scheduler in _schedulers(budget, Path(tmp) / f"mpl-{seed}", truth, prior).items():
                 outcome = _replay(order, reports, scheduler, args.concurrency, Path(tmp) / f"{name}-{seed}")
                 runs.setdefault(name, []).append(
                     {"compute": outcome["compute"] / total, "regret": outcome["best"] / best - 1.0}
@@ -147,6 +190,7 @@ def main() -> None:
         "trials": len(configs),
         "orders": args.orders,
         "concurrency": args.concurrency,
+        "prior_bank": args.prior_bank.name if args.prior_bank else None,
     }
     for name, outcomes in runs.items():
         summary[f"{name}_compute"] = float(np.mean([o["compute"] for o in outcomes]))
@@ -154,14 +198,17 @@ def main() -> None:
         summary[f"{name}_worst_regret"] = float(np.max([o["regret"] for o in outcomes]))
     for fraction, values in spearman.items():
         summary[f"spearman_at_{round(fraction * 100)}pct"] = float(np.mean(values))
+    families = {"asha": ("asha", "asha_aggressive"), "mpl": ("mpl", "mpl_aggressive"), "mpl_prior": ("mpl_prior",)}
     cheapest = {
         family: min(
-            (summary[f"{n}_compute"] for n in runs if n.startswith(family) and summary[f"{n}_regret"] <= TARGET),
+            (summary[f"{n}_compute"] for n in names if n in runs and summary[f"{n}_regret"] <= TARGET),
             default=math.nan,
         )
-        for family in ("asha", "mpl")
+        for family, names in families.items()
     }
     summary["mpl_to_asha_compute"] = cheapest["mpl"] / cheapest["asha"]
+    if prior:
+        summary["mpl_prior_to_asha_compute"] = cheapest["mpl_prior"] / cheapest["asha"]
     print(json.dumps(summary))
 
 
