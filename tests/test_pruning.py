@@ -195,3 +195,12 @@ def test_a_real_sweep_stops_a_bad_trial_and_keeps_a_late_decaying_one(local_ray:
     assert len(client.get_metric_history(runs[0].info.run_id, "mpl_pred_final")) >= 1
     artifacts = {a.path for a in client.list_artifacts(record["parent_run_id"])}
     assert "mpl_predictions.png" in artifacts
+
+    # A repeat sweep with the first one as its prior stops the bad trial after one completed trial,
+    # short of min_completed: without the prior it would have no decay shape to predict with.
+    raw |= {"name": "repeat", "output_dir": str(tmp_path / "repeat")}
+    raw["search"] = {"schedule.name": {"choice": ["cosine", "two_step"]}}
+    raw["scheduler"] |= {"prior": str(outcome.layout.root)}
+    repeat = run_sweep(parse_spec(raw))
+    statuses = repeat.results.trials.set_index("config.schedule.name")["status"].to_dict()
+    assert statuses == {"cosine": "completed", "two_step": "pruned"}
