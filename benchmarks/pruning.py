@@ -26,8 +26,12 @@ final loss is more than ``TARGET`` above the bank's best: ``oracle`` only
 once three trials have completed, as ``mpl`` must wait for a fitted decay
 shape, and ``oracle_unwaiting`` from the first trial on.
 
-Run: ``.venv/bin/python benchmarks/pruning.py [--bank PATH] [--orders 3] [--concurrency 4]``; the
-bank is ``curves/bank.parquet`` (the joint space) unless ``--bank`` names
+``--prior-bank PATH`` adds ``mpl_prior``: the ``mpl`` pruner given, as its
+prior, the shared fit of another bank's modelled trials (another sweep on
+the same model and validation data), so it judges from the first trials.
+
+Run: ``.venv/bin/python benchmarks/pruning.py [--bank PATH] [--prior-bank PATH] [--orders 3]
+[--concurrency 4]``; the bank is ``curves/bank.parquet`` (the joint space) unless ``--bank`` names
 another, such as ``curves/planned.parquet`` (planned schedules only; see
 ``benchmarks/record_curves.py``).
 """
