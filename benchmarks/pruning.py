@@ -76,22 +76,24 @@ class _Oracle(FIFOScheduler):
         self.truth, self.first, self.wait_for = truth, first, wait_for
         self.good_enough = min(truth.values()) * (1.0 + TARGET)
         self.completed = 0
+        self._stop_at: dict[str, float] = {}  # per trial, the compute it is stopped at (once per trial, not report)
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
         self.completed += 1
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
-        decided = result["compute"] >= self.first * TrialTrack.from_config(trial.config).budget
-        losing = self.truth[config_key(trial.config)] > self.good_enough
-        if self.completed >= self.wait_for and decided and losing:
+        if trial.trial_id not in self._stop_at:
+            losing = self.truth[config_key(trial.config)] > self.good_enough
+            budget = TrialTrack.from_config(trial.config).budget
+            self._stop_at[trial.trial_id] = self.first * budget if losing else math.inf
+        if self.completed >= self.wait_for and result["compute"] >= self._stop_at[trial.trial_id]:
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
 
 
 def _schedulers(budget: float, folder: Path, truth: dict[str, float], prior: MPLFit | None) -> dict[str, Any]:
     rungs = {"time_attr": "compute", "metric": "val_loss", "mode": "min"}
-    warm = MPLPruner(folder.with_name(f"{folder.name}-prior"), min_completed=3, prior=prior, background=False)
-    return {
+    schedulers = {
         "none": FIFOScheduler(),
         "asha": ASHAScheduler(max_t=budget, grace_period=0.25 * budget, reduction_factor=3, **rungs),
         "asha_aggressive": ASHAScheduler(max_t=budget, grace_period=0.1 * budget, reduction_factor=4, **rungs),
@@ -100,10 +102,15 @@ def _schedulers(budget: float, folder: Path, truth: dict[str, float], prior: MPL
             max_t=budget, grace_period=0.1 * budget, reduction_factor=3, brackets=3, **rungs
         ),
         "mpl": MPLPruner(folder, min_completed=3, background=False),
-        "mpl_aggressive": MPLPruner(folder.with_name(folder.name + "-z0.5"), min_completed=3, z=0.5, background=False),
+        "mpl_aggressive": MPLPruner(folder.with_name(f"{folder.name}-z0.5"), min_completed=3, z=0.5, background=False),
         "oracle": _Oracle(truth, FRACTIONS[0], wait_for=3),
         "oracle_unwaiting": _Oracle(truth, FRACTIONS[0], wait_for=0),
-    } | ({"mpl_prior": warm} if prior else {})
+    }
+    if prior:
+        schedulers["mpl_prior"] = MPLPruner(
+            folder.with_name(f"{folder.name}-prior"), min_completed=3, prior=prior, background=False
+        )
+    return schedulers
 
 
 def _replay(order: list[dict[str, Any]], reports: dict, scheduler: Any, concurrency: int, storage: Path) -> dict:
