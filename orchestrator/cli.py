@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from orchestrator.batch_study import UnreachableTarget, run_batch_study, write_batch_size
 from orchestrator.layout import SweepDirError, SweepLayout, SweepRecord
-from orchestrator.mpl import Curve, CurveError, fit_and_predict, fit_mpl
+from orchestrator.mpl import Curve, CurveError, fit_and_predict, fit_mpl, read_fitted_curves
 from orchestrator.ordering import order_corpus
 from orchestrator.plots import plot_mpl
 from orchestrator.results import CONFIG_PREFIX, format_table, read_results
@@ -161,8 +161,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--fit", type=Path, nargs="+", required=True, metavar="CSV", help="curves to fit")
         sub.add_argument("--predict", type=Path, nargs="*", default=[], metavar="CSV", help="curves to predict")
         sub.add_argument(
-            "--min-step", type=int, default=0, metavar="N", help="fit and score only rows from step N (default 0)"
-        )
+            "--min-step", type=_min_step, default=0, metavar="N|auto",
+            help="fit and score only rows from step N (default 0); auto chooses it on the fitted curves",
+        )  # fmt: skip
         if action == "fit":
             sub.add_argument("--json", type=Path, metavar="OUT", help="also write the JSON object to OUT")
             sub.set_defaults(command=_mpl_fit)
@@ -371,8 +372,18 @@ class ProgressBar:
             self._bar.close()
 
 
+def _min_step(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number of steps or 'auto', got {text!r}")
+    return int(text)
+
+
 def _mpl_fit(args: argparse.Namespace) -> int:
     _, report = fit_and_predict(args.fit, args.predict, args.min_step)
+    if args.min_step == "auto":
+        print(f"fitting from step {report['min_step']} (chosen by --min-step auto)")
     for group in ("fitted", "predicted"):
         for name, scores in report[group].items():
             print(f"{group:9} {name}: r2 {scores['r2']:.4f}  final error {scores['final_rel_error']:.2%}  "
@@ -385,8 +396,8 @@ def _mpl_fit(args: argparse.Namespace) -> int:
 
 
 def _mpl_plot(args: argparse.Namespace) -> int:
-    fitted = [Curve.read_csv(p).from_step(args.min_step) for p in args.fit]
-    predicted = [Curve.read_csv(p).from_step(args.min_step) for p in args.predict]
+    fitted, min_step = read_fitted_curves(args.fit, args.min_step)
+    predicted = [Curve.read_csv(p).from_step(min_step) for p in args.predict]
     print(plot_mpl(fitted, predicted, fit_mpl(fitted, per_curve=()), args.out))
     return 0
 

@@ -286,16 +286,72 @@ def prediction_scores(predicted: np.ndarray, observed: np.ndarray) -> dict[str, 
     }
 
 
+# Candidate first steps for choose_min_step, as shares of the shortest fitted curve.
+_MIN_STEP_SHARES = (0.0, 0.05, 0.1, 0.2, 0.25, 1 / 3, 0.5)
+_HELD_OUT_SHARE = 0.4
+
+
+def choose_min_step(curves: Sequence[Curve]) -> int:
+    """The first step to fit from, chosen on the fitted curves alone.
+
+    The first few hundred steps of a run leave a transient (the loss of a
+    fresh model falls faster than any power law) whose length, in steps,
+    depends on the model, so no one cut suits every run. For each candidate
+    (a share of the shortest curve: 0, 5, 10, 20, 25, 33 or 50%) the law is
+    fitted to every curve's rows from it up to 60% of the curve and predicts
+    the curves' last losses, which is what a fit is for: extrapolation. The
+    candidate with the least mean relative error wins.
+
+    Example:
+        >>> from trainables.multipower import MPLParams, mpl_predict
+        >>> law = MPLParams(L0=2.0, A=0.6, alpha=0.5, B=300.0, C=2.0, beta=0.6, gamma=0.6)
+        >>> steps = np.arange(100, 3001, 100)
+        >>> def curve(name, lrs):  # the law, plus a transient that has faded by step 1,000
+        ...     losses = mpl_predict(law, lrs, steps) + np.exp(-steps / 150.0)
+        ...     return Curve.from_log(name, steps, lrs[steps - 1], losses)
+        >>> flat, late_drop = np.full(3000, 3e-3), np.r_[np.full(2000, 3e-3), np.full(1000, 3e-4)]
+        >>> choose_min_step([curve("constant", flat), curve("two_step", late_drop)]) >= 600
+        True
+    """
+    shortest = min(int(c.steps[-1]) for c in curves)
+    errors: dict[int, float] = {}
+    for share in _MIN_STEP_SHARES:
+        start = int(share * shortest)
+        early = [_rows_between(c, start, (1 - _HELD_OUT_SHARE) * c.steps[-1]) for c in curves]
+        if any(len(e.steps) < 3 for e in early):
+            continue
+        fit = fit_mpl(early, per_curve=())
+        last = [fit.predict(c.lrs, c.steps[-1:])[0] / c.losses[-1] - 1.0 for c in curves]
+        errors[start] = float(np.mean(np.abs(last)))
+    if not errors:
+        raise CurveError(
+            "--min-step auto needs at least 3 rows in the first 60% of every fitted curve; give --min-step N"
+        )
+    return min(errors, key=errors.__getitem__)
+
+
+def _rows_between(curve: Curve, first: float, last: float) -> Curve:
+    keep = (curve.steps >= first) & (curve.steps <= last)
+    return Curve(curve.name, curve.lrs, curve.steps[keep], curve.losses[keep])
+
+
+def read_fitted_curves(fit_paths: Sequence[Path], min_step: int | str) -> tuple[list[Curve], int]:
+    """The curves to fit from their CSVs, from ``min_step`` on, and that step (``"auto"``: ``choose_min_step``)."""
+    curves = [Curve.read_csv(p) for p in fit_paths]
+    first = choose_min_step(curves) if min_step == "auto" else int(min_step)
+    return [c.from_step(first) for c in curves], first
+
+
 def fit_and_predict(
-    fit_paths: Sequence[Path], predict_paths: Sequence[Path], min_step: int = 0
+    fit_paths: Sequence[Path], predict_paths: Sequence[Path], min_step: int | str = 0
 ) -> tuple[MPLFit, dict[str, Any]]:
     """``effsweep mpl fit``: one set of parameters for the ``fit_paths`` curves, scored on every curve.
 
-    Rows before ``min_step`` are neither fitted nor scored: the first few
-    hundred steps of a run leave a transient (the loss of a fresh model
-    falls faster than any power law) that would otherwise bend the fit.
+    Rows before ``min_step`` (a step, or ``"auto"``: see ``choose_min_step``)
+    are neither fitted nor scored: the first few hundred steps of a run
+    leave a transient that would otherwise bend the fit.
     """
-    fitted_curves = [Curve.read_csv(p).from_step(min_step) for p in fit_paths]
+    fitted_curves, min_step = read_fitted_curves(fit_paths, min_step)
     predicted_curves = [Curve.read_csv(p).from_step(min_step) for p in predict_paths]
     fit = fit_mpl(fitted_curves, per_curve=())
     report: dict[str, Any] = {"fit": fit.to_json(), "min_step": min_step, "fitted": {}, "predicted": {}}

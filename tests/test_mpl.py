@@ -8,10 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from orchestrator.mpl import Curve, CurveError, MPLFit, fit_mpl, prediction_scores
+from orchestrator.cli import main
+from orchestrator.mpl import Curve, CurveError, MPLFit, choose_min_step, fit_mpl, prediction_scores
 from orchestrator.spec import SpecError, parse_spec
 from tests.conftest import tiny_spec
 from trainables.config import ScheduleConfig, TrialConfig
@@ -21,20 +23,23 @@ TRUE = MPLParams(L0=2.2, A=0.6, alpha=0.45, B=350.0, C=2.0, beta=0.6, gamma=0.55
 PEAK, T = 3e-3, 3000
 
 
-def _rates(**schedule: object) -> np.ndarray:
-    return PEAK * ScheduleConfig(**schedule).multipliers(T, peak=PEAK, batch_size=16, tokens_per_step=1024)
+def _rates(steps: int = T, **schedule: object) -> np.ndarray:
+    return PEAK * ScheduleConfig(**schedule).multipliers(steps, peak=PEAK, batch_size=16, tokens_per_step=1024)
 
 
-def _synthetic(name: str, lrs: np.ndarray, noise: float, seed: int) -> Curve:
+def _synthetic(name: str, lrs: np.ndarray, noise: float, seed: int, transient: float = 0.0) -> Curve:
     """A curve logged every 100 steps whose losses follow the law for the rates the log implies.
 
     A log keeps one rate per 100 steps; a sharp drop becomes a 100-step ramp
     once interpolated. The losses here come from that interpolated schedule,
-    so the true parameters are exactly recoverable.
+    so the true parameters are exactly recoverable. ``transient`` adds a
+    fresh model's fast early fall, which the law does not describe:
+    ``transient * exp(-step / 200)``.
     """
     steps = np.arange(100, len(lrs) + 1, 100)
     logged = Curve.from_log(name, steps, lrs[steps - 1], np.ones(len(steps)))
-    losses = mpl_predict(TRUE, logged.lrs, steps) * (1 + noise * np.random.default_rng(seed).normal(size=len(steps)))
+    law = mpl_predict(TRUE, logged.lrs, steps) + transient * np.exp(-steps / 200.0)
+    losses = law * (1 + noise * np.random.default_rng(seed).normal(size=len(steps)))
     return Curve.from_log(name, steps, lrs[steps - 1], losses)
 
 
@@ -87,6 +92,45 @@ def test_the_fit_recovers_known_parameters_from_noisy_curves() -> None:
     held_out = _synthetic("wsd", _rates(name="wsd", decay_shape="exp"), 0.0, 3)
     scores = prediction_scores(fit.predict(held_out.lrs, held_out.steps), held_out.losses)
     assert scores["final_rel_error"] < 5e-3 and scores["r2"] > 0.99
+
+
+FIT_SET = {"constant": {"name": "constant"}, "cosine": {"name": "cosine", "min_lr_frac": 0.0}, "two_step": {}}
+
+
+def _with_transient() -> list[Curve]:
+    return [
+        _synthetic(name, _rates(**{"name": name, **s}), 1e-3, i, 0.8) for i, (name, s) in enumerate(FIT_SET.items())
+    ]
+
+
+def test_auto_min_step_leaves_out_the_transient_and_extrapolates_better() -> None:
+    fitted = _with_transient()
+    first = choose_min_step(fitted)
+    assert first >= 600  # the transient is 2% of the loss at step 600, 0.2% at 1,000
+    long_wsd = _synthetic("wsd_3x", _rates(3 * T, name="wsd"), 0.0, 9, 0.8)
+    errors = {}
+    for start in (0, first):
+        fit = fit_mpl([c.from_step(start) for c in fitted], per_curve=())
+        errors[start] = abs(fit.predict(long_wsd.lrs, long_wsd.steps[-1:])[0] / long_wsd.losses[-1] - 1.0)
+    assert errors[first] < 0.01 < errors[0]
+
+
+def test_mpl_fit_command_chooses_the_first_step_or_names_a_bad_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = []
+    for curve in _with_transient():
+        paths.append(tmp_path / f"{curve.name}.csv")
+        rows = {"step": curve.steps, "lr": curve.lrs[curve.steps - 1], "loss": curve.losses}
+        pd.DataFrame(rows).to_csv(paths[-1], index=False)
+    out = tmp_path / "fit.json"
+    assert main(["mpl", "fit", "--fit", *map(str, paths), "--min-step", "auto", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["min_step"] >= 600
+    assert f"fitting from step {report['min_step']} (chosen by --min-step auto)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["mpl", "fit", "--fit", str(paths[0]), "--min-step", "soon"])
+    assert "argument --min-step: must be a whole number of steps or 'auto', got 'soon'" in capsys.readouterr().err
 
 
 def test_per_curve_fits_share_the_decay_and_own_their_offsets() -> None:
