@@ -44,7 +44,9 @@ def plot_mpl(fitted: list[Curve], predicted: list[Curve], fit: MPLFit, path: Pat
     for i, (curve, style) in enumerate([(c, "-") for c in fitted] + [(c, "--") for c in predicted]):
         colour = colours[i % len(colours)]
         name = Path(curve.name).stem
-        steps = np.unique(np.linspace(1, len(curve.lrs), 400).astype(int))
+        # The law only over the rows it was fitted or scored on: before them (the transient a
+        # --min-step leaves out, the warmup) it runs off to thousands and flattens the plot.
+        steps = np.unique(np.linspace(curve.steps[0], len(curve.lrs), 400).astype(int))
         losses.plot(curve.steps, curve.losses, ".", color=colour, markersize=4)
         losses.plot(
             steps,

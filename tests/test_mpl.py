@@ -113,6 +113,9 @@ def test_auto_min_step_leaves_out_the_transient_and_extrapolates_better() -> Non
         fit = fit_mpl([c.from_step(start) for c in fitted], per_curve=())
         errors[start] = abs(fit.predict(long_wsd.lrs, long_wsd.steps[-1:])[0] / long_wsd.losses[-1] - 1.0)
     assert errors[first] < 0.01 < errors[0]
+    too_short = [Curve.from_log(c.name, c.steps[:4], c.lrs[c.steps[:4] - 1], c.losses[:4]) for c in fitted]
+    with pytest.raises(CurveError, match="needs at least 3 rows in the first 60% of every fitted curve"):
+        choose_min_step(too_short)
 
 
 def test_mpl_fit_command_chooses_the_first_step_or_names_a_bad_one(
@@ -128,6 +131,9 @@ def test_mpl_fit_command_chooses_the_first_step_or_names_a_bad_one(
     report = json.loads(out.read_text())
     assert report["min_step"] >= 600
     assert f"fitting from step {report['min_step']} (chosen by --min-step auto)" in capsys.readouterr().out
+    png = tmp_path / "law.png"
+    assert main(["mpl", "plot", "--fit", *map(str, paths), "--min-step", "auto", "--out", str(png)]) == 0
+    assert png.read_bytes().startswith(b"\x89PNG")
     with pytest.raises(SystemExit):
         main(["mpl", "fit", "--fit", str(paths[0]), "--min-step", "soon"])
     assert "argument --min-step: must be a whole number of steps or 'auto', got 'soon'" in capsys.readouterr().err
