@@ -265,9 +265,13 @@ class _LinearPart:
             design[row : row + size, self.a_column[i]] = t.power_area ** (-nonlinear["alpha"])
             design[row : row + size, -1] = -t.decay(nonlinear["C"], nonlinear["beta"], nonlinear["gamma"])
             row += size
-        weighted = design * self.weights[:, None]
-        lower = np.zeros(design.shape[1])
-        solution = lsq_linear(weighted, self.target, bounds=(lower, np.full(design.shape[1], np.inf))).x
+        # Curves whose rate never decreases (or not yet, within the rows fitted) leave B's column
+        # empty: B is then 0, and solving for it would hand the solver a singular system.
+        solved = design if design[:, -1].any() else design[:, :-1]
+        weighted = solved * self.weights[:, None]
+        bounds = (np.zeros(solved.shape[1]), np.full(solved.shape[1], np.inf))
+        solution = np.zeros(design.shape[1])
+        solution[: solved.shape[1]] = lsq_linear(weighted, self.target, bounds=bounds).x
         pairs = [(float(solution[l0]), float(solution[a])) for l0, a in zip(self.l0_column, self.a_column, strict=True)]
         return design @ solution, {"curves": pairs, "B": float(solution[-1])}
 
@@ -300,7 +304,8 @@ def choose_min_step(curves: Sequence[Curve]) -> int:
     (a share of the shortest curve: 0, 5, 10, 20, 25, 33 or 50%) the law is
     fitted to every curve's rows from it up to 60% of the curve and predicts
     the curves' last losses, which is what a fit is for: extrapolation. The
-    candidate with the least mean relative error wins.
+    candidate with the least mean relative error wins. The decay is only
+    learnt from rates that decrease within those 60% (a cosine's do).
 
     Example:
         >>> from trainables.multipower import MPLParams, mpl_predict
@@ -309,8 +314,8 @@ def choose_min_step(curves: Sequence[Curve]) -> int:
         >>> def curve(name, lrs):  # the law, plus a transient that has faded by step 1,000
         ...     losses = mpl_predict(law, lrs, steps) + np.exp(-steps / 150.0)
         ...     return Curve.from_log(name, steps, lrs[steps - 1], losses)
-        >>> flat, late_drop = np.full(3000, 3e-3), np.r_[np.full(2000, 3e-3), np.full(1000, 3e-4)]
-        >>> choose_min_step([curve("constant", flat), curve("two_step", late_drop)]) >= 600
+        >>> flat, drop = np.full(3000, 3e-3), np.r_[np.full(1200, 3e-3), np.full(1800, 3e-4)]
+        >>> choose_min_step([curve("constant", flat), curve("two_step", drop)]) >= 600
         True
     """
     shortest = min(int(c.steps[-1]) for c in curves)

@@ -50,6 +50,13 @@ def test_a_constant_rate_has_no_decay_term() -> None:
     np.testing.assert_allclose(mpl_predict(TRUE, lrs, steps), expected)
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_curves_without_a_decrease_fit_without_a_decay_term() -> None:
+    fit = fit_mpl([_synthetic("constant", _rates(name="constant"), 1e-3, 0)], per_curve=())
+    assert fit.shared["B"] == 0.0
+    assert fit.shared["L0"] == pytest.approx(TRUE.L0, rel=0.05) and fit.relative_rmse < 3e-3
+
+
 def test_one_drop_by_hand() -> None:
     high, low, n_high = 3e-3, 1e-3, 200
     lrs = np.concatenate([np.full(n_high, high), np.full(300, low)])
