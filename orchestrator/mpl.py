@@ -106,10 +106,15 @@ class Curve:
         return cls.from_log(str(path), *columns)
 
     def from_step(self, min_step: int) -> Curve:
-        """The curve's losses from ``min_step`` on (the rates stay whole: the law needs every step's)."""
-        keep = self.steps >= min_step
-        if keep.sum() < 2:
+        """The curve's losses from ``min_step`` on; at least two rows."""
+        kept = self.between(min_step, math.inf)
+        if len(kept.steps) < 2:
             raise CurveError(f"{self.name}: fewer than two rows at or after step {min_step}")
+        return kept
+
+    def between(self, first: float, last: float) -> Curve:
+        """The losses logged from step ``first`` to ``last``; the rates stay whole (the law needs every step's)."""
+        keep = (self.steps >= first) & (self.steps <= last)
         return Curve(self.name, self.lrs, self.steps[keep], self.losses[keep])
 
     def terms(self) -> ScheduleTerms:
@@ -292,7 +297,7 @@ def prediction_scores(predicted: np.ndarray, observed: np.ndarray) -> dict[str, 
 
 # Candidate first steps for choose_min_step, as shares of the shortest fitted curve.
 _MIN_STEP_SHARES = (0.0, 0.05, 0.1, 0.2, 0.25, 1 / 3, 0.5)
-_HELD_OUT_SHARE = 0.4
+_EARLY_SHARE = 0.6  # of each curve, fitted to predict the rest
 
 
 def choose_min_step(curves: Sequence[Curve]) -> int:
@@ -322,7 +327,7 @@ def choose_min_step(curves: Sequence[Curve]) -> int:
     errors: dict[int, float] = {}
     for share in _MIN_STEP_SHARES:
         start = int(share * shortest)
-        early = [_rows_between(c, start, (1 - _HELD_OUT_SHARE) * c.steps[-1]) for c in curves]
+        early = [c.between(start, _EARLY_SHARE * c.steps[-1]) for c in curves]
         if any(len(e.steps) < 3 for e in early):
             continue
         fit = fit_mpl(early, per_curve=())
@@ -330,14 +335,10 @@ def choose_min_step(curves: Sequence[Curve]) -> int:
         errors[start] = float(np.mean(np.abs(last)))
     if not errors:
         raise CurveError(
-            "--min-step auto needs at least 3 rows in the first 60% of every fitted curve; give --min-step N"
+            f"--min-step auto needs at least 3 rows in the first {_EARLY_SHARE:.0%} of every fitted curve;"
+            " give --min-step N"
         )
     return min(errors, key=errors.__getitem__)
-
-
-def _rows_between(curve: Curve, first: float, last: float) -> Curve:
-    keep = (curve.steps >= first) & (curve.steps <= last)
-    return Curve(curve.name, curve.lrs, curve.steps[keep], curve.losses[keep])
 
 
 def read_fitted_curves(fit_paths: Sequence[Path], min_step: int | str) -> tuple[list[Curve], int]:
