@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,21 +202,27 @@ def fit_mpl(
     prior: MPLFit | None = None,
     prior_strength: float = 1.0,
     huber_scale: float = 0.005,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
 ) -> MPLFit:
     """Fit the law to ``curves`` (see the module docstring); the best of several starts.
 
     ``per_curve``: which of ``"L0"`` and ``"A"`` each curve gets its own of;
-    a per-curve L0 needs a per-curve A.
+    a per-curve L0 needs a per-curve A. ``bounds`` replaces the default
+    (lower, upper) of any of alpha, C, beta and gamma; equal bounds hold one
+    fixed (to profile the fit over it, as ``benchmarks/mpl_profile.py`` does).
     """
     if not curves:
         raise ValueError("fit_mpl needs at least one curve")
     if set(per_curve) not in (set(), {"A"}, {"L0", "A"}):
         raise ValueError(f"per_curve must be (), ('A',) or ('L0', 'A'), got {per_curve!r}")
+    limits = _checked_bounds(bounds or {})
     terms = [c.terms() for c in curves]
     observed = np.concatenate([c.losses for c in curves])
     solve = _LinearPart(terms, [c.losses for c in curves], per_curve)
-    lower = np.log([_BOUNDS[k][0] for k in NONLINEAR])
-    upper = np.log([_BOUNDS[k][1] for k in NONLINEAR])
+    lower = np.log([limits[k][0] for k in NONLINEAR])
+    upper = np.log([limits[k][1] for k in NONLINEAR])
+    fixed = upper - lower < 1e-6  # least_squares needs lower < upper: a fixed parameter gets a sliver of room
+    lower, upper = np.where(fixed, lower - 1e-6, lower), np.where(fixed, upper + 1e-6, upper)
     centre = np.log([prior.shared[k] for k in NONLINEAR]) if prior else None
 
     def residuals(z: np.ndarray) -> np.ndarray:
@@ -247,6 +253,16 @@ def fit_mpl(
     if "L0" not in per_curve:
         shared["L0"] = pairs[0][0]
     return MPLFit(shared, {c.name: pairs[i] for i, c in enumerate(curves)}, rmse)
+
+
+def _checked_bounds(bounds: Mapping[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    unknown = sorted(set(bounds) - set(NONLINEAR))
+    if unknown:
+        raise ValueError(f"bounds may only be given for {NONLINEAR}, got {unknown}")
+    for name, (low, high) in bounds.items():
+        if not 0 < low <= high:
+            raise ValueError(f"bounds for {name} must satisfy 0 < lower <= upper, got ({low}, {high})")
+    return {**_BOUNDS, **bounds}
 
 
 class _LinearPart:

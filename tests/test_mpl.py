@@ -110,6 +110,19 @@ def _with_transient() -> list[Curve]:
     ]
 
 
+def test_a_fixed_parameter_profiles_the_fit() -> None:
+    curves = [_synthetic(n, _rates(**{"name": n, **s}), 1e-3, i) for i, (n, s) in enumerate(FIT_SET.items())]
+    at_truth = fit_mpl(curves, per_curve=(), bounds={"C": (TRUE.C, TRUE.C)})
+    far_off = fit_mpl(curves, per_curve=(), bounds={"C": (60.0, 60.0)})
+    assert at_truth.shared["C"] == pytest.approx(TRUE.C, rel=1e-5) and far_off.shared["C"] == pytest.approx(60.0)
+    assert at_truth.shared["gamma"] == pytest.approx(TRUE.gamma, rel=0.1)
+    assert far_off.relative_rmse > 2 * at_truth.relative_rmse
+    with pytest.raises(ValueError, match=r"only be given for .*'L0'"):
+        fit_mpl(curves, per_curve=(), bounds={"L0": (1.0, 2.0)})
+    with pytest.raises(ValueError, match=r"bounds for beta .* got \(0.5, 0.2\)"):
+        fit_mpl(curves, per_curve=(), bounds={"beta": (0.5, 0.2)})
+
+
 def test_auto_min_step_leaves_out_the_transient_and_extrapolates_better() -> None:
     fitted = _with_transient()
     first = choose_min_step(fitted)
