@@ -3,7 +3,7 @@
 A real sweep (a spec's space, random search, no pruning, the ``tiny`` model)
 on Alpaca (``../shared/data/alpaca_data.json``); every report of every trial
 goes to a Parquet bank with the trial's config, for ``benchmarks/pruning.py``
-to replay. Two banks are committed:
+to replay. Three banks are committed:
 
 - ``curves/bank.parquet``: ``search_spaces/joint.yaml`` (every knob and step
   rule), 1M tokens of compute per trial, a report every 25 steps (about 15
@@ -14,6 +14,10 @@ to replay. Two banks are committed:
   transient (about 40 minutes):
   ``.venv/bin/python benchmarks/record_curves.py --spec search_spaces/planned_schedules.yaml
   --out benchmarks/curves/planned.parquet --compute 3000000 --eval-every 50``.
+- ``curves/planned_6m.parquet``: the same 48 configurations at 6M tokens, a
+  report every 100 steps, so that 5% of a trial lies past the transient
+  too (about 50 minutes): the same command with ``--out
+  benchmarks/curves/planned_6m.parquet --compute 6000000 --eval-every 100``.
 """
 
 from __future__ import annotations
