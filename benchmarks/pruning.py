@@ -14,14 +14,24 @@ by its last loss, as the pruner's fallback ranks it. Hyperband is Tune's
 asynchronous form (three brackets): the synchronous one pauses trials, and a
 replay without checkpoints would restart from scratch on resume.
 
-Each of ASHA and MPL runs at its defaults and in an aggressive setting (ASHA:
-first cut at 10%, reduction factor 4; MPL: intervals of 0.5 standard
-errors). ``mpl_to_asha_compute`` compares them at equal regret: the compute
-of the cheapest MPL setting whose mean regret is at most ``TARGET`` over
-that of the cheapest such ASHA setting.
+ASHA runs at its defaults (first cut at 25%, reduction factor 3), in an
+aggressive setting (first cut at the first decision point, factor 4), a late
+one (first cut at 40%, factor 3) and a conservative one (first cut at half
+the budget, factor 2); MPL at its defaults and with intervals of 0.5
+standard errors. ``mpl_to_asha_compute``
+compares them at equal regret: the compute of the cheapest MPL setting whose
+mean regret is at most ``TARGET`` over that of the cheapest such ASHA
+setting. No pruning counts as a setting of both (ASHA with its first cut at
+the full budget; MPL that never decides), so where no setting of one reaches
+``TARGET`` it needs all the compute.
+
+``--first-decision`` (10% unless given) is the earliest share of its budget
+at which any pruner may stop a trial, the same for all: aggressive ASHA's and
+Hyperband's first rung, MPL's first decision point, the oracles' decision,
+and the first share the Spearman correlation is measured at.
 
 Two oracles bound what any predictor could do. Each knows every trial's
-final loss and stops, at the first decision point (10%), every trial whose
+final loss and stops, at the first decision point, every trial whose
 final loss is more than ``TARGET`` above the bank's best: ``oracle`` only
 once three trials have completed, as ``mpl`` must wait for a fitted decay
 shape, and ``oracle_unwaiting`` from the first trial on.
@@ -31,8 +41,8 @@ prior, the shared fit of another bank's modelled trials (another sweep on
 the same model and validation data), so it judges from the first trials.
 
 Run: ``.venv/bin/python benchmarks/pruning.py [--bank PATH] [--prior-bank PATH] [--orders 3]
-[--concurrency 4]``; the bank is ``curves/bank.parquet`` (the joint space) unless ``--bank`` names
-another, such as ``curves/planned.parquet`` (planned schedules only; see
+[--concurrency 4] [--first-decision 0.1]``; the bank is ``curves/bank.parquet`` (the joint space)
+unless ``--bank`` names another, such as ``curves/planned.parquet`` (planned schedules only; see
 ``benchmarks/record_curves.py``).
 """
 
@@ -59,13 +69,13 @@ from ray.tune.schedulers import (
 from scipy.stats import spearmanr
 
 from orchestrator.mpl import MPLFit, fit_mpl
-from orchestrator.pruning import MPLPruner, TrialTrack, predict_final
+from orchestrator.pruning import DECISION_FRACTIONS, MPLPruner, TrialTrack, predict_final
 from orchestrator.replay import BankOrder, config_key, read_bank, replay_trial
 
 CURVES = Path(__file__).resolve().parent / "curves"
 SHARED = 8
 TARGET = 0.005
-FRACTIONS = (0.1, 0.2, 0.3)
+FRACTIONS = (0.1, 0.2, 0.3)  # of a trial's budget, where the Spearman correlation is measured
 
 
 class _Oracle(FIFOScheduler):
@@ -91,24 +101,29 @@ class _Oracle(FIFOScheduler):
         return TrialScheduler.CONTINUE
 
 
-def _schedulers(budget: float, folder: Path, truth: dict[str, float], prior: MPLFit | None) -> dict[str, Any]:
+def _schedulers(
+    budget: float, folder: Path, truth: dict[str, float], prior: MPLFit | None, first: float
+) -> dict[str, Any]:
     rungs = {"time_attr": "compute", "metric": "val_loss", "mode": "min"}
+    decisions = {"fractions": tuple(sorted({first, *(f for f in DECISION_FRACTIONS if f > first)})), "min_completed": 3}
     schedulers = {
         "none": FIFOScheduler(),
         "asha": ASHAScheduler(max_t=budget, grace_period=0.25 * budget, reduction_factor=3, **rungs),
-        "asha_aggressive": ASHAScheduler(max_t=budget, grace_period=0.1 * budget, reduction_factor=4, **rungs),
+        "asha_aggressive": ASHAScheduler(max_t=budget, grace_period=first * budget, reduction_factor=4, **rungs),
+        "asha_late": ASHAScheduler(max_t=budget, grace_period=0.4 * budget, reduction_factor=3, **rungs),
+        "asha_conservative": ASHAScheduler(max_t=budget, grace_period=0.5 * budget, reduction_factor=2, **rungs),
         "median": MedianStoppingRule(grace_period=0.25 * budget, min_samples_required=3, **rungs),
         "hyperband": AsyncHyperBandScheduler(
-            max_t=budget, grace_period=0.1 * budget, reduction_factor=3, brackets=3, **rungs
+            max_t=budget, grace_period=first * budget, reduction_factor=3, brackets=3, **rungs
         ),
-        "mpl": MPLPruner(folder, min_completed=3, background=False),
-        "mpl_aggressive": MPLPruner(folder.with_name(f"{folder.name}-z0.5"), min_completed=3, z=0.5, background=False),
-        "oracle": _Oracle(truth, FRACTIONS[0], wait_for=3),
-        "oracle_unwaiting": _Oracle(truth, FRACTIONS[0], wait_for=0),
+        "mpl": MPLPruner(folder, background=False, **decisions),
+        "mpl_aggressive": MPLPruner(folder.with_name(f"{folder.name}-z0.5"), z=0.5, background=False, **decisions),
+        "oracle": _Oracle(truth, first, wait_for=3),
+        "oracle_unwaiting": _Oracle(truth, first, wait_for=0),
     }
     if prior:
         schedulers["mpl_prior"] = MPLPruner(
-            folder.with_name(f"{folder.name}-prior"), min_completed=3, prior=prior, background=False
+            folder.with_name(f"{folder.name}-prior"), prior=prior, background=False, **decisions
         )
     return schedulers
 
@@ -148,10 +163,12 @@ def _shared_fit(configs: list[dict[str, Any]], reports: dict) -> MPLFit:
     return fit_mpl(curves, per_curve=("A",))
 
 
-def _spearman(order: list[dict[str, Any]], reports: dict, truth: dict[str, float]) -> dict[float, float]:
+def _spearman(
+    order: list[dict[str, Any]], reports: dict, truth: dict[str, float], fractions: tuple[float, ...]
+) -> dict[float, float]:
     fit = _shared_fit(order[:SHARED], reports)
     scores = {}
-    for fraction in FRACTIONS:
+    for fraction in fractions:
         predicted, actual = [], []
         for config in order[SHARED:]:
             key = config_key(config)
@@ -174,7 +191,13 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--prior-bank", type=Path, help="another bank; an extra mpl_prior run starts from its fit")
+    parser.add_argument(
+        "--first-decision", type=float, default=0.1, help="earliest share of its budget at which a trial may be stopped"
+    )
     args = parser.parse_args()
+    if not 0 < args.first_decision < 1:
+        parser.error(f"--first-decision must lie in (0, 1), got {args.first_decision}")
+    fractions = tuple(sorted({args.first_decision, *FRACTIONS}))
     configs, reports = read_bank(args.bank)
     prior = _shared_fit(*read_bank(args.prior_bank)) if args.prior_bank else None
     truth = {config_key(c): reports[config_key(c)][-1]["final_val_loss"] for c in configs}
@@ -183,13 +206,14 @@ def main() -> None:
     budget = max(TrialTrack.from_config(c).budget for c in configs)
     ray.init(num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False)
     runs: dict[str, list[dict[str, float]]] = {}
-    spearman: dict[float, list[float]] = {f: [] for f in FRACTIONS}
+    spearman: dict[float, list[float]] = {f: [] for f in fractions}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.orders):
             order = [configs[i] for i in np.random.default_rng(seed).permutation(len(configs))]
-            for fraction, rho in _spearman(order, reports, truth).items():
+            for fraction, rho in _spearman(order, reports, truth, fractions).items():
                 spearman[fraction].append(rho)
-            for name, scheduler in _schedulers(budget, Path(tmp) / f"mpl-{seed}", truth, prior).items():
+            schedulers = _schedulers(budget, Path(tmp) / f"mpl-{seed}", truth, prior, args.first_decision)
+            for name, scheduler in schedulers.items():
                 outcome = _replay(order, reports, scheduler, args.concurrency, Path(tmp) / f"{name}-{seed}")
                 runs.setdefault(name, []).append(
                     {"compute": outcome["compute"] / total, "regret": outcome["best"] / best - 1.0}
@@ -202,6 +226,7 @@ def main() -> None:
         "orders": args.orders,
         "concurrency": args.concurrency,
         "prior_bank": args.prior_bank.name if args.prior_bank else None,
+        "first_decision": args.first_decision,
     }
     for name, outcomes in runs.items():
         summary[f"{name}_compute"] = float(np.mean([o["compute"] for o in outcomes]))
@@ -209,7 +234,11 @@ def main() -> None:
         summary[f"{name}_worst_regret"] = float(np.max([o["regret"] for o in outcomes]))
     for fraction, values in spearman.items():
         summary[f"spearman_at_{round(fraction * 100)}pct"] = float(np.mean(values))
-    families = {"asha": ("asha", "asha_aggressive"), "mpl": ("mpl", "mpl_aggressive"), "mpl_prior": ("mpl_prior",)}
+    families = {
+        "asha": ("none", "asha", "asha_aggressive", "asha_late", "asha_conservative"),
+        "mpl": ("none", "mpl", "mpl_aggressive"),
+        "mpl_prior": ("none", "mpl_prior"),
+    }
     cheapest = {
         family: min(
             (summary[f"{n}_compute"] for n in names if n in runs and summary[f"{n}_regret"] <= TARGET),

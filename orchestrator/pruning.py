@@ -59,6 +59,8 @@ from orchestrator.mpl import Curve, MPLFit, fit_mpl
 from trainables.config import TrialConfig
 from trainables.multipower import schedule_terms
 
+DECISION_FRACTIONS = (0.1, 0.2, 0.3, 0.5, 0.7)  # of a trial's planned compute, unless given
+
 PREDICTIONS = "predictions.jsonl"
 # Step rules whose rate is their planned schedule, so the law can model their loss.
 LAW_MODELLED = ("adamw", "sgd")
@@ -210,7 +212,7 @@ class MPLPruner(FIFOScheduler):
         self,
         sweep_dir: Path,
         *,
-        fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5, 0.7),
+        fractions: tuple[float, ...] = DECISION_FRACTIONS,
         margin: float = 0.0,
         z: float = 1.64,
         min_completed: int = 2,
