@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from orchestrator.mpl import CurveError, read_fit, read_law
+from orchestrator.pruning import DECISION_FRACTIONS
 from search_spaces.build import DISTRIBUTIONS, Knob, combinations
 from trainables.config import (
     SELF_RATED,
@@ -102,7 +103,7 @@ class SchedulerSection(_Section):
     name: Literal["fifo", "asha", "mpl"] = "fifo"
     grace_fraction: float = Field(0.25, gt=0, lt=1, description="asha: share of the budget before the first cut")
     reduction_factor: float = Field(3.0, gt=1, description="asha")
-    fractions: list[float] = Field([0.1, 0.2, 0.3, 0.5, 0.7], min_length=1, description="mpl: decision points")
+    fractions: list[float] = Field(list(DECISION_FRACTIONS), min_length=1, description="mpl: decision points")
     margin: float = Field(0.0, ge=0, description="mpl: how much worse a trial's optimistic prediction must be")
     z: float = Field(1.64, gt=0, description="mpl: prediction interval half-width in standard errors")
     min_completed: int = Field(2, ge=1, description="mpl: trials to finish before any is stopped")
