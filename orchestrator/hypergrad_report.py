@@ -11,9 +11,9 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from orchestrator.hypergrad_search import CHAINS_FILE
+from orchestrator.mlflow_runs import MetricBatcher, set_tags
 from orchestrator.plots import plot_learned_schedules
 from orchestrator.results import CONFIG_PREFIX, SweepResults
-from orchestrator.tracking import MetricBatcher, set_tags
 from trainables.hyperparameters import Hyperparameters
 from trainables.hypertasks import lm_group_names
 from trainables.model import ModelConfig

@@ -35,9 +35,13 @@ least ``min_completed`` others have reached it). They stay out of the
 shared fit, and their actual final losses still count as incumbents.
 
 Predictions go to ``DIR/mpl/predictions.jsonl`` (the MLflow callback logs
-them as ``mpl_pred_final``, ``mpl_pred_low`` and ``mpl_pred_high``) and the
-pruner's state to ``DIR/mpl/state.json``, so a resumed sweep keeps them:
-Tune does not restore a scheduler's state.
+them as ``mpl_pred_final``, ``mpl_pred_low`` and ``mpl_pred_high``). The
+pruner's state travels in Tune's experiment snapshot (``save``/``restore``,
+see ``orchestrator.snapshots``), so a resumed sweep decides as an
+uninterrupted one would; ``DIR/mpl/state.json`` mirrors it for a later
+sweep's ``prior``. Refits run in order of the completions that made them
+due, each on the trials as they stood then, and a decision waits for the
+refits due before it: decisions do not depend on how fast a refit runs.
 """
 
 from __future__ import annotations
@@ -237,11 +241,14 @@ class MPLPruner(FIFOScheduler):
         self._tracks: dict[str, TrialTrack] = {}
         self._fit: MPLFit | None = self.prior
         self._calibration: list[float] = []
+        # Refits due, oldest first: what each modelled trial had spent and which had finished when one
+        # more trial finished. A refit runs on the trials as they stood then, whenever it runs, so the
+        # chain of fits does not depend on timing or on a restart.
+        self._due: list[RefitInputs] = []
         self._pending: Future | None = None
         self._pool: ProcessPoolExecutor | None = None
-        self._loaded = False
 
-    _LIVE = ("_tracks", "_fit", "_calibration", "_pending", "_pool", "_loaded")
+    _LIVE = ("_tracks", "_fit", "_calibration", "_due", "_pending", "_pool")
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles schedulers into its experiment checkpoint; the live parts are rebuilt.
@@ -257,12 +264,11 @@ class MPLPruner(FIFOScheduler):
         return super().set_search_properties(metric, mode, **spec)
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
-        self._load()
         if trial.trial_id not in self._tracks:
             self._tracks[trial.trial_id] = TrialTrack.from_config(trial.config)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
-        self._collect_fit()
+        self._advance_refits(wait=False)
         track = self._tracks.get(trial.trial_id)
         if track is None:
             self.on_trial_add(tune_controller, trial)
@@ -291,7 +297,7 @@ class MPLPruner(FIFOScheduler):
         if track is not None and result and math.isfinite(result.get("final_val_loss", math.nan)):
             track.observe(result)
             track.final = float(result["final_val_loss"])
-            self._start_refit()
+            self._refit_due()
         self._save()
 
     def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
@@ -305,6 +311,9 @@ class MPLPruner(FIFOScheduler):
     # --- decisions ----------------------------------------------------------------
 
     def _decide(self, trial_id: str, track: TrialTrack, step: int) -> str:
+        # A decision waits for the fit of every trial finished before it (usually long landed), so that
+        # the same sweep decides the same way however fast its refits run.
+        self._advance_refits(wait=True)
         if self._fit is None:
             return TrialScheduler.CONTINUE
         calibration = self._calibration[track.next_decision - 1] if self._calibration else 0.0
@@ -341,70 +350,98 @@ class MPLPruner(FIFOScheduler):
 
     # --- the shared fit, off Tune's event loop ----------------------------------------
 
-    def _start_refit(self) -> None:
-        completed = sum(t.final is not None and t.modelled for t in self._tracks.values())
-        if completed < self.min_completed or (self._pending is not None and not self._pending.done()):
-            return
-        curves = [t.curve(tid) for tid, t in self._tracks.items() if t.modelled and len(t.steps) >= 3]
-        finished = [t for t in self._tracks.values() if t.modelled and t.final is not None]
-        prior = self._fit.to_json() if self._fit else None
-        if not self.background:  # deterministic, for replays and tests: the fit lands before the next decision
-            self._take(_refit(curves, prior, finished, self.fractions))
-            return
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        self._pending = self._pool.submit(_refit, curves, prior, finished, self.fractions)
+    def _refit_due(self) -> None:
+        finished = [tid for tid, t in self._tracks.items() if t.modelled and t.final is not None]
+        if len(finished) >= self.min_completed:
+            spent = {tid: t.compute for tid, t in self._tracks.items() if t.modelled}
+            self._due.append(RefitInputs(spent, finished))
+        self._advance_refits(wait=False)
 
-    def _collect_fit(self) -> None:
-        if self._pending is not None and self._pending.done():
-            self._take(self._pending.result())
-            self._pending = None
+    def _advance_refits(self, *, wait: bool) -> None:
+        """Take a landed fit and start the next one due; with ``wait``, until none is left."""
+        while True:
+            if self._pending is not None:
+                if not (wait or self._pending.done()):
+                    return
+                self._take(self._pending.result())
+                self._pending = None
+                self._due.pop(0)
+            if not self._due:
+                return
+            job = (self._due[0].curves(self._tracks), self._fit.to_json() if self._fit else None)
+            finished = [self._tracks[tid] for tid in self._due[0].finished]
+            if not self.background:  # in the foreground: replays and tests
+                self._take(_refit(*job, finished, self.fractions))
+                self._due.pop(0)
+                continue
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            self._pending = self._pool.submit(_refit, *job, finished, self.fractions)
 
     def _take(self, refit: dict[str, Any]) -> None:
         self._fit = MPLFit.from_json(refit["fit"])
         self._calibration = refit["calibration"]
 
-    def wait_for_fit(self, timeout: float | None = None) -> None:
-        """Block until a pending shared fit lands (for tests and benchmarks, not Tune's loop)."""
-        if self._pending is not None:
-            self._pending.result(timeout=timeout)
-            self._collect_fit()
+    def wait_for_fit(self) -> None:
+        """Block until every refit due has landed (for tests and benchmarks, not Tune's loop)."""
+        self._advance_refits(wait=True)
 
     # --- persistence ----------------------------------------------------------------
 
-    def _save(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        state = {
+    def _state(self) -> dict[str, Any]:
+        return {
             "tracks": {tid: asdict(t) for tid, t in self._tracks.items()},
             "fit": self._fit.to_json() if self._fit else None,
             "calibration": self._calibration,
+            "due": [asdict(inputs) for inputs in self._due],  # a refit under way is due again after a restore
         }
+
+    def _save(self) -> None:
+        """``DIR/mpl/state.json``: the pruner's state for a person, or as a later sweep's prior."""
+        self.folder.mkdir(parents=True, exist_ok=True)
         partial = self.folder / "state.json.tmp"
-        partial.write_text(json.dumps(state))
+        partial.write_text(json.dumps(self._state()))
         partial.replace(self.folder / "state.json")
 
-    def _load(self) -> None:
-        if self._loaded:
-            return
-        self._loaded = True
-        path = self.folder / "state.json"
-        if not path.is_file():
-            return
-        state = json.loads(path.read_text())
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's scheduler checkpoint, taken with each experiment snapshot (``orchestrator.snapshots``)."""
+        Path(checkpoint_path).write_text(json.dumps(self._state()))
+
+    def restore(self, checkpoint_path: str) -> None:
+        if self._pending is not None:
+            raise RuntimeError("cannot restore an MPL pruner while one of its refits is under way")
+        state = json.loads(Path(checkpoint_path).read_text())
+        self._tracks = {}
         for tid, raw in state["tracks"].items():
             last = raw.pop("last")
             self._tracks[tid] = TrialTrack(**raw, last=Prediction(**last) if last else None)
-        if state["fit"] and "L0" in state["fit"]["shared"]:  # older fits, per-trial L0, are refitted instead
-            self._fit = MPLFit.from_json(state["fit"])
-        self._calibration = state.get("calibration", [])
+        self._fit = MPLFit.from_json(state["fit"]) if state["fit"] else self.prior
+        self._calibration = state["calibration"]
+        self._due = [RefitInputs(**raw) for raw in state["due"]]
+
+
+@dataclass
+class RefitInputs:
+    """A refit's data: what each modelled trial had spent, and which trials had finished, when it fell due."""
+
+    spent: dict[str, float]
+    finished: list[str]
+
+    def curves(self, tracks: dict[str, TrialTrack]) -> list[Curve]:
+        then = {tid: tracks[tid].until(compute) for tid, compute in self.spent.items()}
+        return [track.curve(tid) for tid, track in then.items() if len(track.steps) >= 3]
 
 
 def read_predictions(sweep_dir: Path) -> pd.DataFrame:
-    """Every prediction the pruner made in a sweep, one row each (empty if it made none)."""
+    """Every prediction the pruner made in a sweep, one row per trial and step (empty if it made none).
+
+    A decision made again after a resume writes its line again; the last one stands.
+    """
     path = Path(sweep_dir) / "mpl" / PREDICTIONS
     if not path.is_file():
         return pd.DataFrame()
-    return pd.read_json(path, lines=True)
+    lines = pd.read_json(path, lines=True, dtype={"trial_id": str})  # ids of digits alone stay text
+    return lines.drop_duplicates(["trial_id", "step"], keep="last", ignore_index=True)
 
 
 class PredictionFeed:

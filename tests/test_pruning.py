@@ -16,9 +16,11 @@ from orchestrator.pruning import (
     MPLPruner,
     Prediction,
     PredictionFeed,
+    RefitInputs,
     TrialTrack,
     calibrate,
     predict_final,
+    read_predictions,
     should_stop,
 )
 from orchestrator.schedulers import build_scheduler
@@ -103,22 +105,33 @@ def test_patch_trials_are_judged_on_their_token_phase() -> None:
 
 def test_state_and_predictions_survive_a_restart(tmp_path: Path) -> None:
     pruner = MPLPruner(tmp_path)
+    computes = [1e4, 2e4, 3e4]
     pruner._tracks["t1"] = TrialTrack(
-        1e6, 0, [1e-3] * 10, steps=[1, 2, 3], losses=[3.0, 2.9, 2.8], compute=3e4, next_decision=1, final=2.5
+        1e6, 0, [1e-3] * 10, steps=[1, 2, 3], losses=[3.0, 2.9, 2.8], computes=computes, compute=3e4,
+        next_decision=1, final=2.5,
+    )  # fmt: skip
+    pruner._tracks["t2"] = TrialTrack(
+        1e6, 0, [1e-3] * 10, steps=[1, 2, 3], losses=[3.1, 3.0, 2.9], computes=computes, compute=3e4
     )
     pruner._fit = MPLFit(dict(SWEEP), {}, 0.01)
     pruner._calibration = [0.05, 0.02]
+    pruner._due = [RefitInputs({"t1": 3e4, "t2": 2e4}, ["t1"])]  # a refit that had not landed
     pruner._log("t1", 3, pruner._tracks["t1"], Prediction(2.5, 2.4, 2.6), stop=False)
-    pruner._save()
+    pruner.save(str(tmp_path / "checkpoint"))
     again = MPLPruner(tmp_path)
-    again._load()
-    assert again._tracks["t1"] == pruner._tracks["t1"] and again._fit.shared == SWEEP
+    again.restore(str(tmp_path / "checkpoint"))
+    assert again._tracks == pruner._tracks and again._fit.shared == SWEEP
     assert again._calibration == [0.05, 0.02]
+    assert again._due == pruner._due  # it runs again after the restart, on the trials as they stood
+    assert [len(c.steps) for c in again._due[0].curves(again._tracks)] == [3]  # t2 had 2 points by then
     feed = PredictionFeed(tmp_path)
     assert [line["mpl_pred_final"] for line in feed.new()] == [2.5]
     assert feed.new() == []  # only what is new
     pruner._log("t1", 4, pruner._tracks["t1"], Prediction(2.4, 2.3, 2.5), stop=True)
     assert [line["stopped"] for line in feed.new()] == [True]
+    # A decision made again after a resume logs its line again; the export keeps one per trial and step.
+    pruner._log("t1", 4, pruner._tracks["t1"], Prediction(2.4, 2.3, 2.5), stop=True)
+    assert list(read_predictions(tmp_path)["step"]) == [3, 4]
 
 
 def test_a_prior_judges_trials_before_any_has_completed(tmp_path: Path) -> None:
@@ -138,8 +151,9 @@ def test_a_prior_judges_trials_before_any_has_completed(tmp_path: Path) -> None:
                 decision = pruner.on_trial_result(None, trial, {"step": step, "compute": step * 2048, "val_loss": loss})
             decisions[label].append(decision)
     assert decisions == {"cold": ["CONTINUE", "CONTINUE"], "warm": ["CONTINUE", "STOP"]}
+    warm.save(str(tmp_path / "checkpoint"))
     restarted = MPLPruner(tmp_path / "warm", prior=prior)
-    restarted._load()
+    restarted.restore(str(tmp_path / "checkpoint"))
     assert restarted._fit.shared == SWEEP  # no fit of its own yet: still the prior
 
 

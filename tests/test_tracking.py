@@ -1,14 +1,17 @@
-"""MLflow tracking against a real SQLite store: batching, child-run lookup, experiment kind."""
+"""MLflow tracking against a real SQLite store: batching, child-run lookup, experiment kind, the journaled writer."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from orchestrator.tracking import TRIAL_ID_TAG, MetricBatcher, child_runs, ensure_experiment, open_parent_run
+from orchestrator.mlflow_runs import TRIAL_ID_TAG, MetricBatcher, child_runs, ensure_experiment, open_parent_run
+from orchestrator.run_writer import RECONCILED_TAG, STATUS_TAG, RunWriter
 
 
 @pytest.fixture()
@@ -74,3 +77,80 @@ def test_experiments_open_on_their_runs_table(client: MlflowClient) -> None:
     experiment = ensure_experiment(client, "kind", None)
     assert client.get_experiment(experiment).tags["mlflow.experimentKind"] == "custom_model_development"
     assert ensure_experiment(client, "kind", None) == experiment
+
+
+def _writer(client: MlflowClient, tmp_path: Path) -> tuple[RunWriter, str, str]:
+    experiment = ensure_experiment(client, "writer", None)
+    parent = open_parent_run(client, experiment, sweep_name="w", params={}, tags={}, previous_run_id=None)
+    return RunWriter(client, experiment, parent, tmp_path / "journal.jsonl"), experiment, parent
+
+
+def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+def test_a_replayed_journal_sends_what_a_killed_driver_left_and_nothing_twice(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    writer, experiment, parent = _writer(client, tmp_path)
+    writer.open_trial("t1", "one", {"lr": 0.1}, live=["t1"])
+    for step in (10, 20):
+        writer.log_metrics("t1", {"val_loss": 3.0 - step / 100}, step=step, timestamp_ms=step)
+    writer.close()
+    # A driver killed before its writer sent these leaves them journaled only (the last line cut short).
+    with open(tmp_path / "journal.jsonl", "a") as journal:
+        journal.write('{"op": "metrics", "trial": "t1", "step": 30, "ts": 30, "values": {"val_loss": 2.7}}\n')
+        journal.write('{"op": "finish", "trial": "t1", "status": "completed", "vectors": {}}\n{"op": "metr')
+    run_id = child_runs(client, experiment, parent)["t1"]
+    assert _steps(client, run_id, "val_loss") == [10, 20] and client.get_run(run_id).info.status == "RUNNING"
+
+    resumed = RunWriter(client, experiment, parent, tmp_path / "journal.jsonl")
+    resumed.log_metrics("t1", {"val_loss": 2.8}, step=20, timestamp_ms=99)  # a trial's report seen again
+    resumed.close()
+    assert child_runs(client, experiment, parent) == {"t1": run_id}
+    assert _steps(client, run_id, "val_loss") == [10, 20, 30]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert client.get_run(run_id).data.tags[STATUS_TAG] == "completed"
+
+
+def test_a_run_of_a_trial_tune_never_recorded_is_taken_over_or_ended(client: MlflowClient, tmp_path: Path) -> None:
+    writer, experiment, parent = _writer(client, tmp_path)
+    # Runs opened for trials that a killed driver started before its last snapshot.
+    writer.open_trial("lost-a", "a", {"lr": 0.1}, live=["lost-a"])
+    writer.open_trial("lost-b", "b", {"lr": 0.2}, live=["lost-a", "lost-b"])
+    writer.log_metrics("lost-a", {"val_loss": 3.0}, step=10, timestamp_ms=1)
+    writer.close()
+    taken = child_runs(client, experiment, parent)["lost-a"]
+
+    # The resumed sweep suggests lr 0.1 again, as trial "new-a"; it never sees lr 0.2 again.
+    resumed = RunWriter(client, experiment, parent, tmp_path / "journal.jsonl")
+    resumed.open_trial("new-a", "a", {"lr": 0.1}, live=["new-a"])
+    resumed.log_metrics("new-a", {"val_loss": 3.0}, step=10, timestamp_ms=2)
+    resumed.finish_trial("new-a", "completed")
+    resumed.reconcile({"new-a": "completed"})
+    resumed.close()
+    assert child_runs(client, experiment, parent) == {"new-a": taken}  # one run per trial, none orphaned
+    assert _steps(client, taken, "val_loss") == [10]
+    assert "lost-a" in client.get_run(taken).data.tags[RECONCILED_TAG]
+    [gone] = client.search_runs([experiment], run_view_type=ViewType.DELETED_ONLY)
+    assert gone.data.tags[TRIAL_ID_TAG] == "lost-b" and gone.info.status == "KILLED"
+    # The journal forgets both old trial ids, so a later replay neither re-creates nor revives them.
+    again = RunWriter(client, experiment, parent, tmp_path / "journal.jsonl")
+    again.close()
+    assert child_runs(client, experiment, parent) == {"new-a": taken}
+    assert client.get_run(taken).info.status == "FINISHED"
+
+
+def test_a_slow_store_does_not_hold_up_the_callers(client: MlflowClient, tmp_path: Path) -> None:
+    writer, experiment, parent = _writer(client, tmp_path)
+    writer.open_trial("t1", "one", {}, live=["t1"])
+    assert writer.flush(timeout_s=60)
+    gate = threading.Event()
+    real_log_batch = client.log_batch
+    client.log_batch = lambda *a, **k: (gate.wait(), real_log_batch(*a, **k))[1]  # a store that hangs
+    for step in range(200):
+        writer.log_metrics("t1", {"loss": float(step)}, step=step, timestamp_ms=step)
+    assert not writer.flush(timeout_s=0.5)  # nothing reached the store yet, and no caller waited for it
+    gate.set()
+    writer.close()
+    assert _steps(client, child_runs(client, experiment, parent)["t1"], "loss") == list(range(200))
