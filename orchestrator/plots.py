@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -15,25 +16,77 @@ from orchestrator.cbs import CriticalBatchFit
 from orchestrator.mpl import Curve, MPLFit
 from orchestrator.results import SweepResults
 from trainables.hyperparameters import Hyperparameters
+from trainables.loop import OBJECTIVE
 
 
 def plot_val_loss(results: SweepResults, path: Path) -> Path:
-    """Validation loss against compute for every trial; the best trial drawn bold."""
+    """Validation loss against compute for every trial that reported one; the best trial drawn bold.
+
+    Each report is a marker as well as a point of the line, so that a trial that reported once shows.
+    """
     best = results.best()
+    reports = results.metrics.dropna(subset=["val_loss"])
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for trial_id, curve in results.metrics.groupby("trial_id"):
+    for trial_id, curve in reports.groupby("trial_id"):
         is_best = best is not None and trial_id == best["trial_id"]
         ax.plot(
-            curve["compute"], curve["val_loss"],
+            curve["compute"], curve["val_loss"], marker="o", markersize=3.5 if is_best else 2.5,
             color="tab:red" if is_best else "tab:blue", alpha=1.0 if is_best else 0.35,
             linewidth=2.2 if is_best else 1.0, label=f"best: {trial_id}" if is_best else None,
         )  # fmt: skip
+    unplotted = len(results.trials) - reports["trial_id"].nunique()
     ax.set_xlabel("compute (token-equivalents)")
     ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title(f"{len(results.trials)} trials")
+    ax.set_title(f"{len(results.trials)} trials" + (f", {unplotted} with no finite loss" if unplotted else ""))
     if best is not None:
         ax.legend(loc="upper right")
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_trial_curves(trial: pd.Series, reports: pd.DataFrame, predictions: pd.DataFrame, path: Path) -> Path:
+    """One trial's training and validation loss by step, with its final loss and the MPL pruner's predictions.
+
+    ``trial`` is the trial's row of the trials table, ``reports`` its rows of the per-report table and
+    ``predictions`` the pruner's predictions for it (empty if it judged none): each is drawn at the step
+    it was made, with its interval, against the curve that followed and the final loss reached.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for column, colour in (("train_loss", "tab:gray"), ("val_loss", "tab:blue")):
+        if column in reports:
+            curve = reports.dropna(subset=[column])
+            ax.plot(curve["step"], curve[column], marker="o", markersize=2.5, color=colour, label=column)
+    final = trial[OBJECTIVE]
+    if math.isfinite(final):
+        ax.axhline(final, color="tab:green", linestyle="--", linewidth=1, label=f"{OBJECTIVE} {final:.4f}")
+    if not predictions.empty:
+        ax.errorbar(
+            predictions["step"], predictions["mpl_pred_final"],
+            yerr=[predictions["mpl_pred_final"] - predictions["mpl_pred_low"],
+                  predictions["mpl_pred_high"] - predictions["mpl_pred_final"]],
+            fmt="D", color="tab:orange", markersize=4, capsize=3, label="MPL prediction of the final loss",
+        )  # fmt: skip
+        stopped = predictions[predictions["stopped"]]
+        if not stopped.empty:
+            ax.scatter(stopped["step"], stopped["mpl_pred_final"], marker="x", s=60, color="tab:red", zorder=3,
+                       label="stopped on this prediction")  # fmt: skip
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(f"trial {trial['trial_id']}: {trial['status']}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_importances(importances: pd.DataFrame, path: Path) -> Path:
+    """Each knob's fANOVA importance for the objective, the largest on top."""
+    fig, ax = plt.subplots(figsize=(6, 1.2 + 0.4 * len(importances)), dpi=110)
+    ordered = importances.sort_values("importance")
+    ax.barh(ordered["knob"], ordered["importance"], color="tab:blue")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"share of the variance of {OBJECTIVE} (fANOVA)")
+    ax.set_title("knob importances")
+    ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
 

@@ -120,6 +120,23 @@ class SchedulerSection(_Section):
         return fractions
 
 
+# The settings each searcher (orchestrator.searchers) and scheduler (orchestrator.schedulers) reads
+# besides its name. A sweep's summary, its parent-run params and identity, holds only these: another
+# algorithm's settings change nothing the sweep does.
+SEARCHER_SETTINGS: dict[str, tuple[str, ...]] = {
+    "random": ("seed",),
+    "grid": (),
+    "tpe": ("seed", "n_startup_trials"),
+    "hypergrad": ("seed", "chains", "meta_steps", "meta_lr", "patience", "growth", "blocks", "init_lr",
+                  "init_momentum", "init_weight_decay"),
+}  # fmt: skip
+SCHEDULER_SETTINGS: dict[str, tuple[str, ...]] = {
+    "fifo": (),
+    "asha": ("grace_fraction", "reduction_factor"),
+    "mpl": ("fractions", "margin", "z", "min_completed", "prior"),
+}
+
+
 class ResourcesSection(_Section):
     cpus: float = Field(1.0, gt=0, description="CPUs reserved per trial (per worker with several workers)")
     workers: int = Field(1, ge=1, description="data-parallel workers per trial; more than one runs under Ray Train")
@@ -196,15 +213,18 @@ class SweepSpec:
         return _fixed_config(self.model, self.budget, self.train, {k.name for k in self.knobs})
 
     def summary(self) -> dict[str, Any]:
-        """The sweep's settings as flat scalars: its MLflow parent-run params and its identity."""
+        """The sweep's settings as flat scalars: its MLflow parent-run params and its identity.
+
+        Of the searcher and scheduler, only the name and the settings that algorithm reads.
+        """
         flat = flatten(
             {
                 "data": self.data.model_dump(),
                 "model": asdict(self.model),
                 "budget": self.budget.model_dump(),
                 "train": dict(self.train),
-                "searcher": self.searcher.model_dump(),
-                "scheduler": self.scheduler.model_dump(),
+                "searcher": _used_settings(self.searcher, SEARCHER_SETTINGS),
+                "scheduler": _used_settings(self.scheduler, SCHEDULER_SETTINGS),
                 "resources": self.resources.model_dump(),
             }
         )
@@ -217,6 +237,13 @@ class SweepSpec:
         knobs = [asdict(k) | {"when": {n: list(v) for n, v in k.when.items()}} for k in self.knobs]
         payload = json.dumps({"settings": self.summary(), "knobs": knobs}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _used_settings(
+    section: SearcherSection | SchedulerSection, settings: Mapping[str, tuple[str, ...]]
+) -> dict[str, Any]:
+    """The section's name and the settings its named algorithm reads."""
+    return section.model_dump(include={"name", *settings[section.name]})
 
 
 def load_spec(path: str | Path) -> SweepSpec:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
+from pydantic import BaseModel
 
 from orchestrator.cli import main
-from orchestrator.spec import SpecError, load_spec, parse_spec
+from orchestrator.spec import (
+    SCHEDULER_SETTINGS,
+    SEARCHER_SETTINGS,
+    SchedulerSection,
+    SearcherSection,
+    SpecError,
+    load_spec,
+    parse_spec,
+)
 from tests.conftest import REPO, tiny_spec, write_spec
 
 SHIPPED = sorted((REPO / "search_spaces").glob("*.yaml"))
@@ -59,6 +69,33 @@ def test_spec_hash_follows_settings_not_formatting() -> None:
     a, b = parse_spec(tiny_spec(), "# one"), parse_spec(tiny_spec(), "# two")
     assert a.spec_hash() == b.spec_hash()
     assert parse_spec(tiny_spec(trials=5)).spec_hash() != a.spec_hash()
+
+
+def test_summary_holds_only_the_settings_of_the_chosen_searcher_and_scheduler() -> None:
+    summary = parse_spec(tiny_spec(searcher={"name": "tpe", "seed": 3}, scheduler="asha")).summary()
+    assert {k: v for k, v in summary.items() if k.startswith(("searcher.", "scheduler."))} == {
+        "searcher.name": "tpe", "searcher.seed": 3, "searcher.n_startup_trials": None,
+        "scheduler.name": "asha", "scheduler.grace_fraction": 0.25, "scheduler.reduction_factor": 3.0,
+    }  # fmt: skip
+
+
+def test_spec_hash_follows_used_settings_only() -> None:
+    asha = {"name": "asha", "grace_fraction": 0.2}
+    base = parse_spec(tiny_spec(scheduler=asha)).spec_hash()
+    assert parse_spec(tiny_spec(scheduler={**asha, "margin": 0.05, "z": 2.0})).spec_hash() == base
+    assert parse_spec(tiny_spec(scheduler={**asha, "grace_fraction": 0.3})).spec_hash() != base
+    assert parse_spec(tiny_spec(scheduler={**asha, "name": "mpl"})).spec_hash() != base
+    random = parse_spec(tiny_spec(searcher={"name": "random", "n_startup_trials": 4})).spec_hash()
+    assert random == parse_spec(tiny_spec(searcher={"name": "random"})).spec_hash()
+    assert random != parse_spec(tiny_spec(searcher={"name": "random", "seed": 1})).spec_hash()
+
+
+@pytest.mark.parametrize(
+    ("section", "settings"), [(SearcherSection, SEARCHER_SETTINGS), (SchedulerSection, SCHEDULER_SETTINGS)]
+)
+def test_every_algorithm_and_setting_is_mapped(section: type[BaseModel], settings: dict[str, tuple[str, ...]]) -> None:
+    assert set(settings) == set(get_args(section.model_fields["name"].annotation))
+    assert {"name", *itertools.chain(*settings.values())} == set(section.model_fields)
 
 
 def _with(section: str, value: Any) -> dict[str, Any]:
