@@ -6,9 +6,11 @@ DIR/
   sweep.json       spec hash, tracking URI, MLflow experiment and parent run
   mlflow.db        the default MLflow store (SQLite)
   mlartifacts/     its artifacts
-  tune/<name>/     Ray Tune's experiment directory (trials, checkpoints, searcher state)
+  tune/<name>/     Ray Tune's experiment directory (trials, checkpoints, searcher and scheduler state)
+  tracking/        the journal of MLflow writes, replayed after a crash (orchestrator.run_writer)
   results/         trials.parquet, metrics.parquet, plots
   selection/       selection orders, the corpus's 2-D PCA plane, subset pictures
+  effsweep.log     the driver's logs and warnings from Ray, Tune, MLflow, Optuna and Python
 ```
 """
 
@@ -41,6 +43,10 @@ class SweepLayout:
         return self.root / "tune"
 
     @property
+    def tracking_journal(self) -> Path:
+        return self.root / "tracking" / "journal.jsonl"
+
+    @property
     def results_dir(self) -> Path:
         return self.root / "results"
 
@@ -51,6 +57,10 @@ class SweepLayout:
     @property
     def artifacts_dir(self) -> Path:
         return self.root / "mlartifacts"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "effsweep.log"
 
     @property
     def default_tracking_uri(self) -> str:

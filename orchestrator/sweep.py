@@ -20,26 +20,19 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from orchestrator.hypergrad_report import report_chains
 from orchestrator.layout import SweepDirError, SweepLayout, SweepRecord
+from orchestrator.mlflow_runs import child_runs, ensure_experiment, finish_parent_run, open_parent_run
 from orchestrator.outpaced import OutpacedStopper
-from orchestrator.plots import plot_predictions, plot_val_loss
 from orchestrator.progress import ConsoleProgress
-from orchestrator.pruning import read_predictions
-from orchestrator.results import CONFIG_PREFIX, SweepResults, collect_results, write_results
+from orchestrator.results import CONFIG_PREFIX, SweepResults, collect_results
 from orchestrator.schedulers import build_scheduler
 from orchestrator.searchers import METRIC, MODE, build_searcher
 from orchestrator.selection_view import SelectionPictures
+from orchestrator.snapshots import SchedulerSnapshot, snapshot_every_step
 from orchestrator.spec import SweepSpec
 from orchestrator.storage import TrialStorage, check_shared
-from orchestrator.tracking import (
-    MlflowTrialCallback,
-    child_runs,
-    drop_orphan_child_runs,
-    ensure_experiment,
-    finish_parent_run,
-    open_parent_run,
-)
+from orchestrator.sweep_artifacts import log_sweep_artifacts
+from orchestrator.tracking import MlflowTrialCallback
 from trainables.data import SweepData, prepare_sweep_data
 from trainables.loop import OBJECTIVE
 from trainables.selection import Progress
@@ -59,8 +52,19 @@ DRIVER_MEMORY = 256 * 2**20
 
 
 def cache_dir() -> Path:
-    """Where per-corpus work (tokenised corpora) is cached across sweeps."""
-    return Path(os.environ.get("EFFSWEEP_CACHE_DIR") or Path.home() / ".cache" / "effsweep")
+    """The directory where per-corpus work (tokens, embeddings, orders) is cached across sweeps, made if missing.
+
+    ``EFFSWEEP_CACHE_DIR``, else ``~/.cache/effsweep``. Cached tokens are a
+    reversible copy of every corpus read, so the cache is its user's alone: the
+    directory is made with mode 0700 (one of the user's that is open to others
+    is narrowed to it), and ``trainables.data`` writes its files 0600.
+    """
+    path = Path(os.environ.get("EFFSWEEP_CACHE_DIR") or Path.home() / ".cache" / "effsweep")
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stat = path.stat()
+    if stat.st_mode & 0o077 and stat.st_uid == os.getuid():
+        path.chmod(0o700)
+    return path
 
 
 def tracking_uri(spec: SweepSpec, layout: SweepLayout, override: str | None = None) -> str:
@@ -89,8 +93,12 @@ def run_sweep(
     address: str | None = None,
     tracking_override: str | None = None,
     progress: Progress | None = None,
+    log_to_driver: bool = True,
 ) -> SweepOutcome:
     """Run (or continue) a sweep to the end and export its results.
+
+    ``log_to_driver=False`` keeps the trials' own output (Ray prints it straight to this process's
+    stdout) out of the console; Ray's session logs keep it either way.
 
     ``progress`` follows the one long step of preparation, ordering a corpus for uniform selection.
     """
@@ -104,6 +112,9 @@ def run_sweep(
     storage = TrialStorage.resolve(spec.storage, layout.tune_dir)
     # Reading the corpus can fail on bad input: do it before anything is written.
     data = prepare_data(spec, progress)
+    # Ray next: a cluster that cannot be reached, or a storage it cannot share, leaves no MLflow run open.
+    connect_ray(address, log_to_driver=log_to_driver)
+    check_shared(storage)
     layout.root.mkdir(parents=True, exist_ok=True)
     layout.spec_file.write_text(spec.source)
     SelectionPictures.save(layout.selection_dir, data)
@@ -129,29 +140,16 @@ def run_sweep(
     record.save(layout)
     client.log_artifact(parent_run_id, str(layout.spec_file))
 
-    connect_ray(address)
-    check_shared(storage)
     started = time.monotonic()
     try:
-        grid = _tuner(spec, layout, storage, data).fit()
+        with snapshot_every_step():
+            grid = _tuner(spec, layout, storage, data).fit()
     except BaseException:
         client.set_terminated(parent_run_id, status="KILLED")
         raise
     results = collect_results(grid)
-    # A trial that never reported is named by its folder, which holds its id.
-    reported, folders = set(results.trials["trial_id"]), [Path(r.path).name for r in grid]
-    drop_orphan_child_runs(
-        client, experiment_id, parent_run_id, lambda tid: tid in reported or any(f"_{tid}_" in f for f in folders)
-    )
     interrupted = grid.num_terminated + grid.num_errors < len(grid)
-    artifacts = write_results(results, layout.results_dir)
-    if not results.metrics.empty:
-        artifacts.append(plot_val_loss(results, layout.results_dir / "val_loss.png"))
-    if spec.searcher.name == "hypergrad":
-        artifacts += report_chains(results, spec.model, client, parent_run_id, layout.root)
-    predictions = read_predictions(layout.root)
-    if not predictions.empty:
-        artifacts.append(plot_predictions(predictions, results, layout.results_dir / "mpl_predictions.png"))
+    artifacts = log_sweep_artifacts(results, spec, record, layout, client)
     finish_parent_run(
         client,
         parent_run_id,
@@ -170,10 +168,20 @@ def run_sweep(
 SWEEP_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
 
 
-def connect_ray(address: str | None) -> None:
-    """Join the cluster at ``address``, or start a local Ray (token auth on, as Ray 2.60 sets up)."""
+def connect_ray(address: str | None, *, log_to_driver: bool = True) -> None:
+    """Join the cluster at ``address``, else at ``RAY_ADDRESS``, else start a private local Ray.
+
+    Token auth stays on, as Ray 2.60 sets it up. Left to itself, ``ray.init()`` joins the cluster last
+    started on the machine (the one recorded in Ray's ``ray_current_cluster`` file), which may be
+    anyone's: a sweep only joins a cluster it is told about (``--address``, or ``RAY_ADDRESS``, which
+    Ray also sets for a Ray Job's driver).
+    """
     if not ray.is_initialized():
-        ray.init(address=address, runtime_env={"env_vars": SWEEP_ENV}, logging_level=logging.WARNING)
+        target = address or os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(
+            address=target, runtime_env={"env_vars": SWEEP_ENV}, logging_level=logging.WARNING,
+            log_to_driver=log_to_driver,
+        )  # fmt: skip
 
 
 def _trainable(spec: SweepSpec, storage: TrialStorage, data: SweepData) -> Any:
@@ -202,6 +210,8 @@ def _concurrency(spec: SweepSpec) -> int | None:
 
 
 def _tuner(spec: SweepSpec, layout: SweepLayout, storage: TrialStorage, data: SweepData) -> tune.Tuner:
+    """A new Tuner, or the sweep's own restored where its directory holds one (with its searcher, scheduler
+    and callbacks as they stood at the last snapshot: ``orchestrator.snapshots``)."""
     trainable = _trainable(spec, storage, data)
     experiment = storage.joined(spec.name)
     if tune.Tuner.can_restore(experiment, storage_filesystem=storage.filesystem):
@@ -209,6 +219,7 @@ def _tuner(spec: SweepSpec, layout: SweepLayout, storage: TrialStorage, data: Sw
             experiment, trainable, resume_unfinished=True, resume_errored=True,
             storage_filesystem=storage.filesystem,
         )  # fmt: skip
+    scheduler = build_scheduler(spec, layout.root)
     return tune.Tuner(
         trainable,
         param_space=spec.fixed_config(),
@@ -216,7 +227,7 @@ def _tuner(spec: SweepSpec, layout: SweepLayout, storage: TrialStorage, data: Sw
             metric=METRIC,
             mode=MODE,
             search_alg=build_searcher(spec),
-            scheduler=build_scheduler(spec, layout.root),
+            scheduler=scheduler,
             num_samples=spec.trials,
             max_concurrent_trials=_concurrency(spec),
             # Every trial of a sweep asks for the same resources, so a finished trial's worker
@@ -227,10 +238,16 @@ def _tuner(spec: SweepSpec, layout: SweepLayout, storage: TrialStorage, data: Sw
             name=spec.name,
             storage_path=storage.path,
             storage_filesystem=storage.filesystem,
-            callbacks=[MlflowTrialCallback(layout.root), ConsoleProgress([k.name for k in spec.knobs])],
+            callbacks=[
+                MlflowTrialCallback(layout.root),
+                ConsoleProgress([k.name for k in spec.knobs]),
+                SchedulerSnapshot(scheduler),
+            ],
             # A trial whose node is lost (or whose worker dies) runs again rather than being lost.
             failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # a retry needs only the last
+            # A retry needs only the last checkpoint, but a resume may need the one before: the snapshot
+            # that a killed driver left can predate the newest checkpoint of a trial.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             stop=OutpacedStopper() if _races_to_target(spec) else None,
             verbose=0,  # ConsoleProgress reports instead, at the level the CLI sets
         ),
