@@ -85,3 +85,42 @@ def test_unreadable_parquet_is_explained(tmp_path: Path) -> None:
     path.write_bytes(b"not parquet at all")
     with pytest.raises(CorpusError, match=r"broken\.parquet: not a readable Parquet file"):
         read_documents(path)
+
+
+def test_default_fields_match_in_any_capitalisation_and_only_those_present(tmp_path: Path) -> None:
+    path = tmp_path / "WizardLM_testset.jsonl"  # the shape of WizardLM's test set: one capitalised text field
+    records = [
+        {"idx": 1, "Skill": "Math", "Difficulty": 1, "Instruction": "What is the value of 2+2?"},
+        {"idx": 2, "Skill": "Code Generation", "Difficulty": 4, "Instruction": "Reverse a linked list in C."},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    assert read_documents(path) == ["What is the value of 2+2?", "Reverse a linked list in C."]
+    with pytest.raises(CorpusError, match=r"line 1 has no field 'instruction' \(fields: idx, Skill, Difficulty"):
+        read_documents(path, CorpusFormat(fields=("instruction",)))  # given fields match exactly
+    assert read_documents(path, CorpusFormat(fields=("Skill", "Instruction")))[0] == "Math\nWhat is the value of 2+2?"
+
+
+def test_records_without_any_default_field_ask_for_fields(tmp_path: Path) -> None:
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps([{"prompt": "hi", "response": "hello"}]))
+    with pytest.raises(CorpusError, match=r"chat\.json: record 1 has none of the fields instruction, input, output"):
+        read_documents(path)
+    assert read_documents(path, CorpusFormat(fields=("prompt", "response"))) == ["hi\nhello"]
+
+
+def test_parquet_default_column_in_any_capitalisation(tmp_path: Path) -> None:
+    path = tmp_path / "data.parquet"
+    pq.write_table(pa.table({"Text": ["one", "two"]}), path)
+    assert read_documents(path) == ["one", "two"]
+
+
+def test_a_binary_file_is_refused_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(64) + b"some text after the header\n")
+    with pytest.raises(CorpusError, match=r"model\.bin: not a text file \(a NUL byte at offset 7\)"):
+        read_documents(path)
+    parquet_named_txt = tmp_path / "rows.txt"  # Parquet read as lines: refused, not taken as text
+    pq.write_table(pa.table({"text": ["one"]}), parquet_named_txt)
+    with pytest.raises(CorpusError, match=r"rows\.txt: not a text file"):
+        read_documents(parquet_named_txt)
+    assert read_documents(parquet_named_txt, CorpusFormat(kind="parquet")) == ["one"]

@@ -10,7 +10,14 @@ Formats (``CorpusFormat.kind``):
 
 A record's document is the non-empty values of ``fields`` joined by newlines,
 so an Alpaca record becomes instruction, input (when present) and output.
+Fields given explicitly are matched exactly. The default fields (``instruction``,
+``input``, ``output`` for JSON and JSONL, ``text`` for Parquet) are matched in any
+capitalisation, and for JSON and JSONL only those the first record has are used,
+so a set with one ``Instruction`` field (WizardLM's test set) reads as it is;
+every later record must have the same fields.
 ``auto`` picks by extension: ``.json``, ``.jsonl``, ``.parquet``, else ``lines``.
+A file that is not text (a NUL byte near its start, or bytes that are not
+UTF-8) is refused unless it is read as Parquet.
 
 Every problem names the file and, where it applies, the line or the record
 (1-based), so a user can open the file at the spot.
@@ -19,7 +26,8 @@ Every problem names the file and, where it applies, the line or the record
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +37,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 BUILTIN_PREFIX = "gensim:"
 RECORD_KINDS = ("json", "jsonl", "parquet")
-DEFAULT_FIELDS = {"json": ("instruction", "input", "output"), "jsonl": ("instruction", "input", "output")}
+DEFAULT_FIELDS = {
+    "json": ("instruction", "input", "output"),
+    "jsonl": ("instruction", "input", "output"),
+    "parquet": ("text",),
+}
+# How much of a file is searched for a NUL byte, the mark of a binary file (git looks as far).
+BINARY_PROBE = 8000
 
 
 class CorpusError(ValueError):
@@ -51,8 +65,7 @@ class CorpusFormat(BaseModel):
         kind = self.kind
         if kind == "auto":
             kind = {".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}.get(path.suffix.lower(), "lines")
-        fields = self.fields or DEFAULT_FIELDS.get(kind, ("text",) if kind == "parquet" else None)
-        return CorpusFormat(kind=kind, fields=fields)
+        return CorpusFormat(kind=kind, fields=self.fields or DEFAULT_FIELDS.get(kind))
 
 
 def gensim_corpus_dir() -> Path:
@@ -76,9 +89,11 @@ def resolve_corpus(source: str) -> Path:
 
 def read_documents(path: Path, corpus_format: CorpusFormat | None = None) -> list[str]:
     """The documents of a corpus file, in file order, stripped, empty ones dropped."""
-    fmt = (corpus_format or CorpusFormat()).resolved(path)
+    given = corpus_format or CorpusFormat()
+    fmt = given.resolved(path)
+    fields = _Fields(fmt.fields or (), exact=given.fields is not None)
     if fmt.kind == "parquet":
-        documents = _parquet_documents(path, fmt.fields)
+        documents = _parquet_documents(path, fields)
     else:
         text = _read_text(path)
         if fmt.kind == "lines":
@@ -86,9 +101,9 @@ def read_documents(path: Path, corpus_format: CorpusFormat | None = None) -> lis
         elif fmt.kind == "paragraphs":
             documents = [block.strip() for block in _paragraphs(text)]
         elif fmt.kind == "json":
-            documents = _json_documents(path, text, fmt.fields)
+            documents = _json_documents(path, text, fields)
         else:
-            documents = _jsonl_documents(path, text, fmt.fields)
+            documents = _jsonl_documents(path, text, fields)
     documents = [doc for doc in documents if doc]
     if not documents:
         raise CorpusError(f"{path}: holds no documents (the file is empty or blank)")
@@ -97,6 +112,11 @@ def read_documents(path: Path, corpus_format: CorpusFormat | None = None) -> lis
 
 def _read_text(path: Path) -> str:
     raw = _read_bytes(path)
+    nul = raw.find(b"\0", 0, BINARY_PROBE)
+    if nul >= 0:
+        raise CorpusError(
+            f"{path}: not a text file (a NUL byte at offset {nul}); a corpus is UTF-8 text, JSON, JSONL or Parquet"
+        )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -127,56 +147,90 @@ def _paragraphs(text: str) -> Iterable[str]:
         yield "\n".join(block)
 
 
-def _json_documents(path: Path, text: str, fields: Sequence[str]) -> list[str]:
+@dataclass(frozen=True)
+class _Fields:
+    """The record fields joined into a document, and whether their names must match exactly."""
+
+    names: tuple[str, ...]
+    exact: bool
+
+    def keys_in(self, keys: Collection[str]) -> tuple[str, ...]:
+        """The keys these fields name: the names themselves when exact, else those present in any capitalisation."""
+        if self.exact:
+            return self.names
+        folded = {key.casefold(): key for key in keys}
+        found = (name if name in keys else folded.get(name.casefold()) for name in self.names)
+        return tuple(key for key in found if key is not None)
+
+
+def _json_documents(path: Path, text: str, fields: _Fields) -> list[str]:
     try:
         records = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CorpusError(f"{path}: line {exc.lineno} is not valid JSON ({exc.msg})") from None
     if not isinstance(records, list):
         raise CorpusError(f"{path}: must hold a JSON array of records, not a {type(records).__name__}")
-    return [_record_document(path, f"record {i}", record, fields) for i, record in enumerate(records, 1)]
+    return _records_documents(path, ((f"record {i}", record) for i, record in enumerate(records, 1)), fields)
 
 
-def _jsonl_documents(path: Path, text: str, fields: Sequence[str]) -> list[str]:
-    documents = []
+def _jsonl_documents(path: Path, text: str, fields: _Fields) -> list[str]:
+    return _records_documents(path, _jsonl_records(path, text), fields)
+
+
+def _jsonl_records(path: Path, text: str) -> Iterator[tuple[str, Any]]:
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            yield f"line {number}", json.loads(line)
         except json.JSONDecodeError as exc:
             raise CorpusError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
-        documents.append(_record_document(path, f"line {number}", record, fields))
+
+
+def _records_documents(path: Path, records: Iterable[tuple[str, Any]], fields: _Fields) -> list[str]:
+    """One document per record; the first record fixes which keys every record must have."""
+    documents: list[str] = []
+    keys: tuple[str, ...] | None = None
+    for where, record in records:
+        if not isinstance(record, dict):
+            raise CorpusError(f"{path}: {where} is a {type(record).__name__}, not a record (JSON object)")
+        if keys is None:
+            keys = fields.keys_in(record)
+            if not keys:
+                raise CorpusError(
+                    f"{path}: {where} has none of the fields {', '.join(fields.names)} in any capitalisation "
+                    f"(fields: {', '.join(map(str, record))}); name the fields to join"
+                )
+        documents.append(_record_document(path, where, record, keys))
     return documents
 
 
-def _record_document(path: Path, where: str, record: Any, fields: Sequence[str]) -> str:
-    if not isinstance(record, dict):
-        raise CorpusError(f"{path}: {where} is a {type(record).__name__}, not a record (JSON object)")
+def _record_document(path: Path, where: str, record: dict[str, Any], keys: Sequence[str]) -> str:
     parts = []
-    for field in fields:
-        if field not in record:
-            raise CorpusError(f"{path}: {where} has no field '{field}' (fields: {', '.join(map(str, record))})")
-        value = record[field]
+    for key in keys:
+        if key not in record:
+            raise CorpusError(f"{path}: {where} has no field '{key}' (fields: {', '.join(map(str, record))})")
+        value = record[key]
         if not isinstance(value, str):
-            raise CorpusError(f"{path}: {where} field '{field}' is {type(value).__name__}, not text")
+            raise CorpusError(f"{path}: {where} field '{key}' is {type(value).__name__}, not text")
         if value.strip():
             parts.append(value.strip())
     return "\n".join(parts)
 
 
-def _parquet_documents(path: Path, fields: Sequence[str]) -> list[str]:
+def _parquet_documents(path: Path, fields: _Fields) -> list[str]:
     _read_bytes(path)  # the same clear errors for a missing file or a directory
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise CorpusError(f"{path}: not a readable Parquet file ({exc})") from None
-    for field in fields:
+    names = fields.keys_in(table.column_names) or fields.names
+    for field in names:
         if field not in table.column_names:
             raise CorpusError(f"{path}: has no column '{field}' (columns: {', '.join(table.column_names)})")
         if not pa.types.is_string(table.schema.field(field).type) and not pa.types.is_large_string(
             table.schema.field(field).type
         ):
             raise CorpusError(f"{path}: column '{field}' is {table.schema.field(field).type}, not text")
-    columns = [table.column(field).to_pylist() for field in fields]
+    columns = [table.column(field).to_pylist() for field in names]
     return ["\n".join(v.strip() for v in values if v and v.strip()) for values in zip(*columns, strict=True)]

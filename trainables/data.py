@@ -23,6 +23,10 @@ from trainables.corpus import CorpusError, CorpusFormat, read_documents, resolve
 from trainables.embeddings import EmbeddingConfig, document_embeddings
 from trainables.selection import Progress, SelectionOrder, random_order, subset_metrics, uniform_document_order
 
+# Cached tokens are a reversible copy of a corpus (the tokenizer is byte-level): their owner's alone.
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
 
 @dataclass(frozen=True)
 class TokenizedCorpus:
@@ -56,7 +60,7 @@ def corpus_hash(documents: Sequence[str]) -> str:
 
 
 def tokenize_cached(documents: Sequence[str], cache_dir: Path) -> tuple[TokenizedCorpus, Path]:
-    """Tokenise ``documents`` or reuse the Parquet file cached under their content hash."""
+    """Tokenise ``documents`` or reuse the Parquet file cached under their content hash (written mode 0600)."""
     path = cache_dir / f"tokens-{corpus_hash(documents)[:24]}.parquet"
     if path.is_file():
         column = pq.read_table(path, columns=["tokens"]).column("tokens").combine_chunks()
@@ -65,10 +69,11 @@ def tokenize_cached(documents: Sequence[str], cache_dir: Path) -> tuple[Tokenize
         return TokenizedCorpus(tokens, offsets), path
     tokens, offsets = tokenizer.encode_documents(documents)
     column = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), pa.array(tokens))
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
     # Write then rename, so that a concurrent reader never sees half a file.
     partial = path.with_suffix(f".{os.getpid()}.tmp")
     pq.write_table(pa.table({"tokens": column}), partial)
+    partial.chmod(PRIVATE_FILE)
     partial.replace(path)
     return TokenizedCorpus(tokens, offsets), path
 
@@ -181,7 +186,10 @@ def prepare_sweep_data(
 def cached_uniform_order(
     embeddings: np.ndarray, max_fraction: float, path: Path, progress: Progress | None = None
 ) -> SelectionOrder:
-    """The uniform order, greedy far enough for every prefix up to ``max_fraction``; from ``path`` if cached."""
+    """The uniform order, greedy far enough for every prefix up to ``max_fraction``; from ``path`` if cached.
+
+    A computed order is saved to ``path`` with mode 0600, as the cache's other files.
+    """
     needed = min(len(embeddings), max(1, round(max_fraction * len(embeddings))))
     if path.is_file():
         cached = SelectionOrder.load(path)
@@ -190,4 +198,5 @@ def cached_uniform_order(
             return cached
     order = uniform_document_order(embeddings, needed, progress)
     order.save(path)
+    path.chmod(PRIVATE_FILE)
     return order

@@ -132,9 +132,10 @@ def document_embeddings(
         return np.load(path)
     tokenised = [words(doc) for doc in documents]
     embeddings = mean_vectors(tokenised, word_vectors(tokenised, cfg))
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp.npy")
     np.save(partial, embeddings)
+    partial.chmod(0o600)  # embeddings say much of the corpus: the user's alone, as its cached tokens
     partial.replace(path)
     return embeddings
 
