@@ -13,8 +13,9 @@ The ``small`` model, AdamW at 3e-3 for batch 16 with square-root scaling,
 constant schedule after 5% warmup, Alpaca (``../shared/data/alpaca_data.json``;
 else gensim's ``lee_background``).
 
-Run: ``.venv/bin/python benchmarks/cbs.py [--compute 1e6]``; the last line
-printed is one JSON object.
+Run: ``.venv/bin/python benchmarks/cbs.py [--compute 1e6] [--smoke]``; the last
+line printed is one JSON object. ``--smoke`` gives every trial ``SMOKE_COMPUTE``
+and the grid every fourth size.
 """
 
 from __future__ import annotations
@@ -29,33 +30,41 @@ import numpy as np
 import pandas as pd
 import ray
 from corpora import default_corpus
+from smoke import SMOKE_MODEL, add_smoke_flag
 
 from orchestrator.batch_study import falling_side, measured_points, round_spec, run_batch_study
 from orchestrator.cbs import fit_critical_batch
 from orchestrator.spec import parse_spec
 from orchestrator.sweep import SWEEP_ENV, run_sweep
+from trainables.config import MIN_STEPS
+from trainables.model import MODEL_PRESETS
 
 DENSE = (4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256)
+# The least compute that leaves the pilot (batch 64, half the budget) the steps a trial needs.
+SMOKE_COMPUTE = 2 * MIN_STEPS * 64 * MODEL_PRESETS[SMOKE_MODEL]["seq_len"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--compute", type=float, default=1e6)
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    model, compute, dense = (SMOKE_MODEL, SMOKE_COMPUTE, DENSE[::4]) if args.smoke else ("small", args.compute, DENSE)
+    corpus = default_corpus(args.smoke)
     ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": SWEEP_ENV})
     with tempfile.TemporaryDirectory() as tmp:
         spec = parse_spec(
             {
                 "name": "cbs-bench", "output_dir": str(Path(tmp) / "finder"),
-                "data": {"corpus": default_corpus(), "val_fraction": 0.1, "eval_tokens": 8192},
-                "model": {"size": "small"}, "budget": {"compute": args.compute},
+                "data": {"corpus": corpus, "val_fraction": 0.1, "eval_tokens": 8192},
+                "model": {"size": model}, "budget": {"compute": compute},
                 "train": {"eval_every": 5, "batch_size": 16, "peak_lr": 3e-3, "schedule.name": "constant"},
                 "search": {"seed": {"choice": [0]}}, "searcher": "grid",
             }
         )  # fmt: skip
         study = run_batch_study(spec)
         finder_compute = sum(_compute(Path(r)) for r in study.rounds)
-        grid_sizes = [b for b in DENSE if args.compute / (b * spec.model.seq_len) >= 10]
+        grid_sizes = [b for b in dense if compute / (b * spec.model.seq_len) >= 10]
         grid = run_sweep(round_spec(spec, Path(tmp) / "grid", grid_sizes, study.target))
         points = measured_points(grid)
         falling = falling_side(points)  # the finder's rule, applied to the grid alike
@@ -64,8 +73,8 @@ def main() -> None:
     ray.shutdown()
     gns = float(np.nanmean(points["gns"]))
     result = {
-        "corpus": Path(default_corpus()).name,
-        "compute_per_trial": args.compute,
+        "corpus": Path(corpus).name,
+        "compute_per_trial": compute,
         "target_loss": study.target,
         "finder_bcrit": study.fit.b_crit,
         "finder_bcrit_interval": list(study.fit.interval),

@@ -8,10 +8,12 @@ from pathlib import Path
 from trainables.data import SweepData, prepare_sweep_data
 
 ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_data.json"
+SMALL_CORPUS = "gensim:lee_background"  # 300 short news texts: always present, and read in seconds
 
 
-def default_corpus() -> str:
-    return str(ALPACA) if ALPACA.is_file() else "gensim:lee_background"
+def default_corpus(smoke: bool = False) -> str:
+    """Alpaca when present; the small corpus without it, and in a smoke run whatever is present."""
+    return str(ALPACA) if ALPACA.is_file() and not smoke else SMALL_CORPUS
 
 
 def prepare_default_model_data(corpus: str, seq_len: int = 128) -> SweepData:

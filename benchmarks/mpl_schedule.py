@@ -9,8 +9,8 @@ the curves the law is fitted to (shared L0 and A, as ``effsweep mpl fit``);
 final loss is reported with the law's prediction of it.
 
 Run: ``.venv/bin/python benchmarks/mpl_schedule.py [--compute 1.5e6] [--model small]
-[--min-step 0]`` (about 10 minutes at the defaults); the last line printed is
-one JSON object.
+[--min-step 0] [--smoke]`` (about 10 minutes at the defaults); the last line printed
+is one JSON object. ``--smoke`` runs ``SMOKE_STEPS`` steps of ``smoke.SMOKE_MODEL``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from corpora import default_corpus, prepare_default_model_data
+from smoke import SMOKE_MODEL, add_smoke_flag
 
 from orchestrator.mpl import Curve, fit_mpl
 from trainables.config import TrialConfig
@@ -41,6 +42,8 @@ COMPARED = {
     "cosine": FIT_RUNS["cosine"],
     "wsd": {"schedule.name": "wsd", "schedule.decay_frac": 0.2, "schedule.min_lr_frac": 0.0},
 }
+
+SMOKE_STEPS = 100  # four reports a run to fit
 
 _data: SweepData | None = None  # inherited by the worker processes
 
@@ -69,8 +72,12 @@ def main() -> None:
     parser.add_argument("--compute", type=float, default=1.5e6)
     parser.add_argument("--model", choices=sorted(MODEL_PRESETS), default="small")
     parser.add_argument("--min-step", type=int, default=0, help="fit only rows from this step")
+    add_smoke_flag(parser)
     args = parser.parse_args()
-    corpus = default_corpus()
+    if args.smoke:
+        args.model, args.min_step = SMOKE_MODEL, 0
+        args.compute = SMOKE_STEPS * 16 * MODEL_PRESETS[SMOKE_MODEL]["seq_len"]
+    corpus = default_corpus(args.smoke)
     _data = prepare_default_model_data(corpus, MODEL_PRESETS[args.model]["seq_len"])
     with ProcessPoolExecutor(max_workers=2) as pool:  # fork: workers share the prepared data
         fitted = list(pool.map(_curve, FIT_RUNS, FIT_RUNS.values(), *_same(args, 3)))

@@ -8,16 +8,21 @@ Three figures, each against the same work done without the part measured:
   before the clock starts; everything else (data preparation from cache,
   MLflow runs, result export) counts.
 - ``mlflow_points_per_s``: metric points per second into the default store
-  (SQLite), batched as effsweep logs them, and ``mlflow_points_per_s_single``
-  for one ``log_metric`` call per point.
+  (SQLite) through the writer the trials log with (journaled, batched, on a
+  background thread), ``mlflow_points_per_s_caller`` the rate at which the
+  caller hands them over, and ``mlflow_points_per_s_single`` for one
+  ``log_metric`` call per point.
 - ``logging_slowdown``: how much longer a trial's own clock runs with the
   MLflow callback attached than without it, over alternating sweeps.
 - ``train_per_trial_overhead_s``: the same N trials as 2-worker Ray Train
   trials (``resources: {workers: 2}``, a ``TorchTrainer`` per trial, DDP on
   gloo) against single-worker Tune trials, per trial, one trial at a time.
 
-Run: ``.venv/bin/python benchmarks/overhead.py`` (about 4 minutes); the last
-line printed is one JSON object.
+Every figure is the median of ``--repeats`` runs (3 by default; each run's
+figures are listed under ``runs``).
+
+Run: ``.venv/bin/python benchmarks/overhead.py [--smoke]`` (about 4 minutes a
+run); the last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import sys
 import tempfile
 import time
@@ -33,14 +39,14 @@ from typing import Any
 
 import ray
 import torch
-from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from ray import tune
+from smoke import add_smoke_flag
 
+from orchestrator.run_writer import RunWriter
 from orchestrator.searchers import METRIC, MODE, GridSearcher
 from orchestrator.spec import SweepSpec, parse_spec
 from orchestrator.sweep import SWEEP_ENV, prepare_data, run_sweep
-from orchestrator.tracking import MetricBatcher
 from search_spaces.build import grid_points
 from trainables.config import TrialConfig
 from trainables.loop import train_lm
@@ -102,18 +108,19 @@ def train_per_trial_overhead(root: Path, trials: int) -> dict[str, float]:
 
 
 def mlflow_throughput(root: Path, points: int, single_points: int) -> dict[str, float]:
+    """Points per second through the trials' writer (journal, background thread, batches) into SQLite."""
     client = MlflowClient(f"sqlite:///{root / 'throughput.db'}")
     experiment = client.create_experiment("throughput")
-    batched_run = client.create_run(experiment).info.run_id
-    batcher = MetricBatcher(client, flush_interval_s=3600)
+    parent = client.create_run(experiment).info.run_id
+    writer = RunWriter(client, experiment, parent, root / "throughput.jsonl")
+    writer.open_trial("t", "throughput", {}, live=["t"])
+    writer.flush()  # the run exists and the store's tables are open before the clock starts
     names = ["step", "tokens", "compute", "train_loss", "val_loss", "lr", "lr_sum", "wall_s", "extra", "more"]
-    client.log_batch(batched_run, metrics=[Metric("warmup", 0.0, 0, 0)])  # create tables, open the connection
     started = time.perf_counter()
     for step in range(points // len(names)):
-        batcher.add(batched_run, {n: step * 0.5 for n in names}, step=step, timestamp_ms=step)
-        if batcher.due():
-            batcher.flush()
-    batcher.flush()
+        writer.log_metrics("t", {n: step * 0.5 for n in names}, step=step, timestamp_ms=step)
+    handed_over = time.perf_counter() - started
+    writer.close()
     batched = points / (time.perf_counter() - started)
 
     single_run = client.create_run(experiment).info.run_id
@@ -121,7 +128,12 @@ def mlflow_throughput(root: Path, points: int, single_points: int) -> dict[str, 
     for i in range(single_points):
         client.log_metric(single_run, names[i % len(names)], float(i), step=i // len(names))
     single = single_points / (time.perf_counter() - started)
-    return {"mlflow_points_per_s": batched, "mlflow_points_per_s_single": single, "batched_points": points}
+    return {
+        "mlflow_points_per_s": batched,
+        "mlflow_points_per_s_caller": points / handed_over,
+        "mlflow_points_per_s_single": single,
+        "batched_points": points,
+    }
 
 
 def _trial_seconds(spec: SweepSpec, with_mlflow: bool, root: Path) -> list[float]:
@@ -163,32 +175,44 @@ def logging_slowdown(root: Path, trials: int, rounds: int) -> dict[str, Any]:
     }
 
 
+def measure(root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One run of every figure (of the Ray Train one alone with ``--only-train``)."""
+    root.mkdir(parents=True)
+    points, single_points, slowdown_trials = (200, 20, 1) if args.smoke else (20_000, 1_000, 4)
+    result: dict[str, Any] = dict(train_per_trial_overhead(root, args.trials))
+    print(f"Ray Train per-trial overhead: {result['train_per_trial_overhead_s']:.3f} s", file=sys.stderr)
+    if args.only_train:
+        return result
+    result.update(per_trial_overhead(root, args.trials))
+    print(f"per-trial overhead: {result['per_trial_overhead_s']:.3f} s", file=sys.stderr)
+    result.update(mlflow_throughput(root, points=points, single_points=single_points))
+    print(f"MLflow: {result['mlflow_points_per_s']:.0f} points/s through the writer", file=sys.stderr)
+    result.update(logging_slowdown(root, trials=slowdown_trials, rounds=args.rounds))
+    print(f"logging slowdown: {result['logging_slowdown']:+.2%}", file=sys.stderr)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=4, help="alternating sweeps for the slowdown figure")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every figure; each is reported as the median")
     parser.add_argument("--only-train", action="store_true", help="measure the Ray Train path only")
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.trials, args.rounds, args.repeats = 1, 1, 1
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
         started = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, runtime_env={"env_vars": SWEEP_ENV})
+        ray.init(
+            address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
+            runtime_env={"env_vars": SWEEP_ENV},
+        )  # fmt: skip
         ray_init_s = time.perf_counter() - started
-        result: dict[str, Any] = {"ray_init_s": ray_init_s}
-        result.update(train_per_trial_overhead(root, args.trials))
-        print(f"Ray Train per-trial overhead: {result['train_per_trial_overhead_s']:.3f} s", file=sys.stderr)
-        if args.only_train:
-            ray.shutdown()
-            print(json.dumps(result))
-            return
-        result.update(per_trial_overhead(root, args.trials))
-        print(f"per-trial overhead: {result['per_trial_overhead_s']:.3f} s", file=sys.stderr)
-        result.update(mlflow_throughput(root, points=20_000, single_points=1_000))
-        print(f"MLflow: {result['mlflow_points_per_s']:.0f} points/s batched", file=sys.stderr)
-        result.update(logging_slowdown(root, trials=4, rounds=args.rounds))
-        print(f"logging slowdown: {result['logging_slowdown']:+.2%}", file=sys.stderr)
+        runs = [measure(Path(tmp) / f"run-{index}", args) for index in range(args.repeats)]
         ray.shutdown()
-    print(json.dumps(result))
+    result: dict[str, Any] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    print(json.dumps({"ray_init_s": ray_init_s, **result, "repeats": args.repeats, "runs": runs}))
 
 
 if __name__ == "__main__":

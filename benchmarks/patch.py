@@ -12,8 +12,8 @@
 Data: ``../shared/data/alpaca_data.json`` when present, else gensim's
 ``lee_background`` (a real but small corpus, read for several epochs).
 
-Run: ``.venv/bin/python benchmarks/patch.py`` (about 7 minutes); the last line
-printed is one JSON object.
+Run: ``.venv/bin/python benchmarks/patch.py [--smoke]`` (about 7 minutes); the
+last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -22,46 +22,54 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from corpora import default_corpus, prepare_default_model_data
+from smoke import SMOKE_MODEL, add_smoke_flag
 
 from trainables.config import TrialConfig
 from trainables.data import SweepData
 from trainables.loop import train_lm
-from trainables.model import GPT, MODEL_PRESETS, ModelConfig
-from trainables.optimizers import build_optimizer
+from trainables.model import GPT, MODEL_PRESETS
+from trainables.optimizers import build_step_rule
 from trainables.patch import PatchBatcher, patch_loss
 
-SMALL = {f"model.{k}": v for k, v in MODEL_PRESETS["small"].items()}
+BATCH = 16
+# 70 token-level steps of the tiny model: a (K = 4, lambda = 2/3) trial given half of that compute still has
+# the 10 steps in each phase that a trial needs.
+SMOKE_DATA_TOKENS = 70 * BATCH * MODEL_PRESETS[SMOKE_MODEL]["seq_len"]
 
 
-def throughput(data: SweepData, k: int, steps: int = 30, warmup: int = 5) -> float:
-    """Tokens read per second by training steps at patch size ``k`` (1: token-level)."""
-    cfg = TrialConfig.from_flat({**SMALL, "budget.compute": 1e9, "batch_size": 16})
+def _settings(model: str) -> dict[str, Any]:
+    return {f"model.{k}": v for k, v in MODEL_PRESETS[model].items()} | {"batch_size": BATCH}
+
+
+def throughput(data: SweepData, model: str, k: int, steps: int, warmup: int) -> float:
+    """Tokens read per second by training steps at patch size ``k`` (1: token-level), as a trial takes them."""
+    cfg = TrialConfig.from_flat({**_settings(model), "budget.compute": 1e9})
+    seq_len = cfg.model.seq_len
     torch.manual_seed(0)
-    model = GPT(ModelConfig(**MODEL_PRESETS["small"]))
-    optimizer = build_optimizer(model, cfg)
-    batcher = PatchBatcher(data.train.tokens, seq_len=128, patch_size=k, batch_size=16, seed=0)
+    net = GPT(cfg.model)
+    batcher = PatchBatcher(data.train.tokens, seq_len=seq_len, patch_size=k, batch_size=BATCH, seed=0)
+    rule = build_step_rule(net, cfg, steps=warmup + steps, batches_per_epoch=batcher.batches_per_epoch(k > 1))
     started = 0.0
     for step in range(warmup + steps):
         if step == warmup:
             started = time.perf_counter()
-        if k == 1:
-            window = batcher.token_batch()
-            loss = model.loss(window[:, :-1], window[:, 1:])
-        else:
-            loss = patch_loss(model, batcher.patch_batch(), k)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return steps * 16 * 128 * k / (time.perf_counter() - started)
+        batch = batcher.token_batch() if k == 1 else batcher.patch_batch()
+        rule.step(partial(_loss, net, batch, k), cfg.scaled_peak_lr)
+    return steps * BATCH * seq_len * k / (time.perf_counter() - started)
 
 
-def trial(data: SweepData, compute: float, patch: dict[str, Any]) -> dict[str, Any]:
-    settings = {**SMALL, "budget.compute": compute, "batch_size": 16, "eval_every": 10**9, "peak_lr": 3e-3, **patch}
+def _loss(net: GPT, batch: torch.Tensor, k: int) -> torch.Tensor:
+    return net.loss(batch[:, :-1], batch[:, 1:]) if k == 1 else patch_loss(net, batch, k)
+
+
+def trial(data: SweepData, model: str, compute: float, patch: dict[str, Any]) -> dict[str, Any]:
+    settings = {**_settings(model), "budget.compute": compute, "eval_every": 10**9, "peak_lr": 3e-3, **patch}
     reports: list[dict[str, Any]] = []
     started = time.perf_counter()
     train_lm(TrialConfig.from_flat(settings), data, reports.append)
@@ -75,22 +83,25 @@ def trial(data: SweepData, compute: float, patch: dict[str, Any]) -> dict[str, A
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-tokens", type=float, default=2e6, help="tokens read by the token-level run")
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    model, data_tokens = (SMOKE_MODEL, SMOKE_DATA_TOKENS) if args.smoke else ("small", args.data_tokens)
+    steps, warmup = (2, 1) if args.smoke else (30, 5)
     torch.set_num_threads(1)
-    corpus = default_corpus()
-    data = prepare_default_model_data(corpus)
+    corpus = default_corpus(args.smoke)
+    data = prepare_default_model_data(corpus, MODEL_PRESETS[model]["seq_len"])
     result: dict[str, Any] = {"corpus": Path(corpus).name, "threads": 1}
-    base = throughput(data, 1)
+    base = throughput(data, model, 1, steps, warmup)
     result["token_tokens_per_s"] = base
     for k in (2, 4, 8):
-        rate = throughput(data, k)
+        rate = throughput(data, model, k, steps, warmup)
         result[f"patch_tokens_per_s_k{k}"] = rate
         result[f"patch_throughput_ratio_k{k}"] = rate / base
         print(f"K={k}: {rate:.0f} tokens/s, {rate / base:.2f}x the token phase ({base:.0f})", file=sys.stderr)
     patch = {"patch.K": 4, "patch.lambda": 2 / 3}
-    token = trial(data, args.data_tokens, {})
-    same_data = trial(data, args.data_tokens / 2, patch)
-    same_compute = trial(data, args.data_tokens, patch)
+    token = trial(data, model, data_tokens, {})
+    same_data = trial(data, model, data_tokens / 2, patch)
+    same_compute = trial(data, model, data_tokens, patch)
     for name, run in (("token", token), ("patch_equal_data", same_data), ("patch_equal_compute", same_compute)):
         result[name] = run
         print(f"{name}: {run}", file=sys.stderr)

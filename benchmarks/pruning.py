@@ -41,9 +41,11 @@ prior, the shared fit of another bank's modelled trials (another sweep on
 the same model and validation data), so it judges from the first trials.
 
 Run: ``.venv/bin/python benchmarks/pruning.py [--bank PATH] [--prior-bank PATH] [--orders 3]
-[--concurrency 4] [--first-decision 0.1]``; the bank is ``curves/bank.parquet`` (the joint space)
-unless ``--bank`` names another, such as ``curves/planned.parquet`` (planned schedules only; see
-``benchmarks/record_curves.py``).
+[--concurrency 4] [--first-decision 0.1] [--smoke]``; the bank is ``curves/bank.parquet`` (the joint
+space) unless ``--bank`` names another, such as ``curves/planned.parquet`` (planned schedules only; see
+``benchmarks/record_curves.py``). ``--smoke`` replays the first ``SMOKE_TRIALS`` trials of each bank,
+every ``SMOKE_EVERY``-th report of each (and its last), in one order, two at a time: a Tune run's cost is
+its replay actors' start and the results it handles.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ from ray.tune.schedulers import (
     TrialScheduler,
 )
 from scipy.stats import spearmanr
+from smoke import add_smoke_flag
 
 from orchestrator.mpl import MPLFit, fit_mpl
 from orchestrator.pruning import DECISION_FRACTIONS, MPLPruner, TrialTrack, predict_final
@@ -76,6 +79,8 @@ CURVES = Path(__file__).resolve().parent / "curves"
 SHARED = 8
 TARGET = 0.005
 FRACTIONS = (0.1, 0.2, 0.3)  # of a trial's budget, where the Spearman correlation is measured
+SMOKE_TRIALS = SHARED + 3  # a shared fit, and enough trials after it to rank
+SMOKE_EVERY = 4
 
 
 class _Oracle(FIFOScheduler):
@@ -185,6 +190,14 @@ def _spearman(
     return scores
 
 
+def _read(bank: Path, smoke: bool) -> tuple[list[dict[str, Any]], dict]:
+    configs, reports = read_bank(bank)
+    if not smoke:
+        return configs, reports
+    kept = {config_key(c): reports[config_key(c)] for c in configs[:SMOKE_TRIALS]}
+    return configs[:SMOKE_TRIALS], {key: [*curve[:-1:SMOKE_EVERY], curve[-1]] for key, curve in kept.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bank", type=Path, default=CURVES / "bank.parquet")
@@ -194,17 +207,20 @@ def main() -> None:
     parser.add_argument(
         "--first-decision", type=float, default=0.1, help="earliest share of its budget at which a trial may be stopped"
     )
+    add_smoke_flag(parser)
     args = parser.parse_args()
     if not 0 < args.first_decision < 1:
         parser.error(f"--first-decision must lie in (0, 1), got {args.first_decision}")
+    if args.smoke:
+        args.orders, args.concurrency = 1, 2
     fractions = tuple(sorted({args.first_decision, *FRACTIONS}))
-    configs, reports = read_bank(args.bank)
-    prior = _shared_fit(*read_bank(args.prior_bank)) if args.prior_bank else None
+    configs, reports = _read(args.bank, args.smoke)
+    prior = _shared_fit(*_read(args.prior_bank, args.smoke)) if args.prior_bank else None
     truth = {config_key(c): reports[config_key(c)][-1]["final_val_loss"] for c in configs}
     best = min(truth.values())
     total = sum(reports[config_key(c)][-1]["compute"] for c in configs)
     budget = max(TrialTrack.from_config(c).budget for c in configs)
-    ray.init(num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False)
     runs: dict[str, list[dict[str, float]]] = {}
     spearman: dict[float, list[float]] = {f: [] for f in fractions}
     with tempfile.TemporaryDirectory() as tmp:

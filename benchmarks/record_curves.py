@@ -18,6 +18,10 @@ to replay. Three banks are committed:
   report every 100 steps, so that 5% of a trial lies past the transient
   too (about 50 minutes): the same command with ``--out
   benchmarks/curves/planned_6m.parquet --compute 6000000 --eval-every 100``.
+
+The last line printed is one JSON object. ``--smoke`` records ``SMOKE_TRIALS``
+trials of ``SMOKE_COMPUTE`` each, on gensim's small corpus, into a temporary
+file unless ``--out`` is given.
 """
 
 from __future__ import annotations
@@ -29,25 +33,31 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from corpora import ALPACA, SMALL_CORPUS
+from smoke import add_smoke_flag, output_path
 
 from orchestrator.spec import parse_spec
 from orchestrator.sweep import run_sweep
 
 HERE = Path(__file__).resolve().parent
-ALPACA = HERE.parents[1] / "shared" / "data" / "alpaca_data.json"
+SMOKE_TRIALS = 2
+SMOKE_COMPUTE = 200_000  # about the least every extreme of joint.yaml accepts (10 steps a phase) on the tiny model
 KEPT = ["step", "tokens", "compute", "val_loss", "train_loss", "lr", "lr_sum", "phase", "patch_phase", "final_val_loss"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, default=HERE.parent / "search_spaces" / "joint.yaml")
-    parser.add_argument("--out", type=Path, default=HERE / "curves" / "bank.parquet")
+    parser.add_argument("--out", type=Path, help="the bank (default benchmarks/curves/bank.parquet)")
     parser.add_argument("--compute", type=float, default=1_000_000, help="compute per trial")
     parser.add_argument("--eval-every", type=int, default=25, help="steps between reports")
     parser.add_argument("--trials", type=int, default=48)
+    add_smoke_flag(parser)
     args = parser.parse_args()
-    if not ALPACA.is_file():
-        sys.exit(f"{ALPACA} is absent; the bank in {args.out} stays as it is")
+    if args.smoke:
+        args.trials, args.compute = SMOKE_TRIALS, SMOKE_COMPUTE
+    elif not ALPACA.is_file():
+        sys.exit(f"{ALPACA} is absent; the bank in {args.out or HERE / 'curves' / 'bank.parquet'} stays as it is")
     raw = yaml.safe_load(args.spec.read_text())
     with tempfile.TemporaryDirectory() as tmp:
         raw.update(
@@ -55,7 +65,8 @@ def main() -> None:
             searcher={"name": "random", "seed": 7}, scheduler="fifo", trials=args.trials,
         )  # fmt: skip
         raw["train"] = {**raw.get("train", {}), "eval_every": args.eval_every}
-        raw["data"] = {**raw["data"], "corpus": str(ALPACA), "eval_tokens": 8192}
+        corpus = SMALL_CORPUS if args.smoke else str(ALPACA)
+        raw["data"] = {**raw["data"], "corpus": corpus, "eval_tokens": 8192}
         outcome = run_sweep(parse_spec(raw))
         trials = outcome.results.trials.set_index("trial_id")
         metrics = outcome.results.metrics
@@ -65,10 +76,12 @@ def main() -> None:
     }
     bank = metrics[["trial_id", *[c for c in KEPT if c in metrics.columns]]].rename(columns={"trial_id": "trial"})
     bank["config"] = bank["trial"].map(configs)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    bank.to_parquet(args.out, index=False)
     statuses = trials["status"].value_counts().to_dict()
-    print(f"{args.out}: {bank['trial'].nunique()} trials, {len(bank)} reports; {statuses}")
+    with output_path(HERE / "curves" / "bank.parquet", args.smoke, args.out) as out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        bank.to_parquet(out, index=False)
+        summary = {"bank": str(out), "trials": bank["trial"].nunique(), "reports": len(bank), "statuses": statuses}
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -16,13 +16,16 @@ cosine and WSD runs three times longer. Model and length (``--model``):
 - ``small_3k``: the same model, base runs of 3,000 steps and long ones of
   9,000: ``curves/mpl_small_3k/``, about 25 minutes.
 
-Run: ``.venv/bin/python benchmarks/record_mpl_curves.py [--model tiny|small|small_3k] [NAME ...]``
-(names record only those runs).
+Run: ``.venv/bin/python benchmarks/record_mpl_curves.py [--model tiny|small|small_3k] [--smoke] [NAME ...]``
+(names record only those runs); the last line printed is one JSON object.
+``--smoke`` runs ``SMOKE_BASE_STEPS`` steps a base run, on gensim's small
+corpus, into a temporary folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -31,15 +34,18 @@ from typing import Any
 
 import pandas as pd
 import torch
+from corpora import ALPACA, SMALL_CORPUS
+from smoke import add_smoke_flag, output_path
 
 from trainables.config import TrialConfig
 from trainables.data import SweepData, prepare_sweep_data
 from trainables.loop import train_lm
 from trainables.model import MODEL_PRESETS
 
-ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_data.json"
 CURVES = Path(__file__).resolve().parent / "curves"
 TOKENS_PER_STEP = 16 * 64
+EVAL_EVERY = 100
+SMOKE_BASE_STEPS = EVAL_EVERY  # a row a base run, three a long one
 # model name: (model settings, steps of a base run, folder under CURVES)
 SETUPS: dict[str, tuple[dict[str, int], int, str]] = {
     "tiny": (MODEL_PRESETS["tiny"], 6000, "mpl"),
@@ -61,19 +67,18 @@ RUNS: dict[str, tuple[int, dict[str, Any]]] = {
 _data: SweepData | None = None
 
 
-def _record(model: str, name: str) -> str:
+def _record(model: str, name: str, base_steps: int, out: Path) -> dict[str, Any]:
     torch.set_num_threads(1)
-    preset, base_steps, folder = SETUPS[model]
     length, schedule = RUNS[name]
     steps = length * base_steps
-    settings = {f"model.{k}": v for k, v in preset.items()}
-    settings.update({"budget.compute": steps * TOKENS_PER_STEP, "batch_size": 16, "eval_every": 100})
+    settings = {f"model.{k}": v for k, v in SETUPS[model][0].items()}
+    settings.update({"budget.compute": steps * TOKENS_PER_STEP, "batch_size": 16, "eval_every": EVAL_EVERY})
     settings.update({"peak_lr": 3e-3, "schedule.warmup_frac": 0.02, **schedule})
     reports: list[dict[str, Any]] = []
     train_lm(TrialConfig.from_flat(settings), _data, reports.append)
     rows = pd.DataFrame([{"step": r["step"], "lr": r["lr"], "loss": r["val_loss"]} for r in reports])
-    rows.to_csv(CURVES / folder / f"{name}.csv", index=False)
-    return f"{model} {name}: {len(rows)} rows, final loss {rows['loss'].iloc[-1]:.4f}"
+    rows.to_csv(out / f"{name}.csv", index=False)
+    return {"name": name, "rows": len(rows), "final_loss": float(rows["loss"].iloc[-1])}
 
 
 def main() -> None:
@@ -81,23 +86,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(SETUPS), default="tiny")
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"runs to record (default all): {sorted(RUNS)}")
+    add_smoke_flag(parser)
     args = parser.parse_args()
     names = args.names or list(RUNS)
     unknown = sorted(set(names) - set(RUNS))
     if unknown:
         sys.exit(f"unknown run(s) {unknown}; choose from {sorted(RUNS)}")
-    out = CURVES / SETUPS[args.model][2]
-    if not ALPACA.is_file():
-        sys.exit(f"{ALPACA} is absent; the recorded curves in {out} stay as they are")
-    out.mkdir(parents=True, exist_ok=True)
+    _, base_steps, folder = SETUPS[args.model]
+    if args.smoke:
+        base_steps = SMOKE_BASE_STEPS
+    elif not ALPACA.is_file():
+        sys.exit(f"{ALPACA} is absent; the recorded curves in {CURVES / folder} stay as they are")
     with tempfile.TemporaryDirectory() as cache:
         _data = prepare_sweep_data(
-            str(ALPACA), val_fraction=0.1, seed=0, seq_len=64, eval_tokens=16384, cache_dir=Path(cache)
-        )
+            SMALL_CORPUS if args.smoke else str(ALPACA), val_fraction=0.1, seed=0, seq_len=64, eval_tokens=16384,
+            cache_dir=Path(cache),
+        )  # fmt: skip
     longest_first = sorted(names, key=lambda n: -RUNS[n][0])
-    with ProcessPoolExecutor(max_workers=2) as pool:
-        for line in pool.map(_record, [args.model] * len(longest_first), longest_first):
-            print(line)
+    runs = {}
+    with output_path(CURVES / folder, args.smoke) as out, ProcessPoolExecutor(max_workers=2) as pool:
+        out.mkdir(parents=True, exist_ok=True)
+        n = len(longest_first)
+        for run in pool.map(_record, [args.model] * n, longest_first, [base_steps] * n, [out] * n):
+            name = run.pop("name")
+            print(f"{args.model} {name}: {run['rows']} rows, final loss {run['final_loss']:.4f}", file=sys.stderr)
+            runs[name] = run
+    print(json.dumps({"model": args.model, "curves": str(out), "base_steps": base_steps, "runs": runs}))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ schedule-free AdamW at 3e-3 (the package's 2.5e-3, rounded); SGD with
 momentum and schedule-free SGD at 0.3 (sizeable rates for SGD on a small
 transformer); the line search from 1.0 (its authors' start); vSGD needs none.
 
-Run: ``.venv/bin/python benchmarks/schedules.py`` (about 15 minutes); the last
-line printed is one JSON object, runs sorted by final validation loss.
+Run: ``.venv/bin/python benchmarks/schedules.py [--smoke]`` (about 15 minutes);
+the last line printed is one JSON object, runs sorted by final validation loss.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from typing import Any
 
 import torch
 from corpora import default_corpus, prepare_default_model_data
+from smoke import SMOKE_MODEL, add_smoke_flag
 
-from trainables.config import TrialConfig
+from trainables.config import MIN_STEPS, TrialConfig
 from trainables.data import SweepData
 from trainables.loop import train_lm
 from trainables.model import MODEL_PRESETS
@@ -47,9 +48,9 @@ RUNS += [
 _data: SweepData | None = None  # inherited by the worker processes
 
 
-def _run(settings: dict[str, Any], compute: float) -> dict[str, Any]:
+def _run(settings: dict[str, Any], compute: float, model: str) -> dict[str, Any]:
     torch.set_num_threads(1)
-    base = {f"model.{k}": v for k, v in MODEL_PRESETS["small"].items()}
+    base = {f"model.{k}": v for k, v in MODEL_PRESETS[model].items()}
     base.update({"budget.compute": compute, "batch_size": 16, "eval_every": 50})
     reports: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -70,15 +71,19 @@ def main() -> None:
     global _data
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--compute", type=float, default=1.5e6)
+    add_smoke_flag(parser)
     args = parser.parse_args()
-    corpus = default_corpus()
-    _data = prepare_default_model_data(corpus)
+    model = SMOKE_MODEL if args.smoke else "small"
+    seq_len = MODEL_PRESETS[model]["seq_len"]
+    compute = 2 * MIN_STEPS * 16 * seq_len if args.smoke else args.compute  # vSGD's steps cost two
+    corpus = default_corpus(args.smoke)
+    _data = prepare_default_model_data(corpus, seq_len)
     with ProcessPoolExecutor(max_workers=2) as pool:  # fork: workers share the prepared data
-        results = list(pool.map(_run, RUNS, [args.compute] * len(RUNS)))
+        results = list(pool.map(_run, RUNS, [compute] * len(RUNS), [model] * len(RUNS)))
     results.sort(key=lambda r: r["final_val_loss"])
     for r in results:
         print(f"{r['final_val_loss']:.4f}  {r['run']}  ({r['steps']} steps, {r['seconds']:.0f} s)", file=sys.stderr)
-    print(json.dumps({"corpus": Path(corpus).name, "compute": args.compute, "runs": results}))
+    print(json.dumps({"corpus": Path(corpus).name, "compute": compute, "runs": results}))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ embeddings: 300 Gaussian clusters in 100 dimensions whose covariance has a
 power-law spectrum (eigenvalue i proportional to i^-1.2, as averaged word
 vectors have), plus a common offset direction.
 
-Run: ``.venv/bin/python benchmarks/selection.py`` (about 10 minutes); the last
-line printed is one JSON object.
+Run: ``.venv/bin/python benchmarks/selection.py [--smoke]`` (about 10 minutes);
+the last line printed is one JSON object. ``--smoke`` runs every part at the
+``SMOKE`` sizes, the real-text part on gensim's small corpus (the keys keep
+the full sizes' names).
 """
 
 from __future__ import annotations
@@ -27,18 +29,35 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from corpora import ALPACA, SMALL_CORPUS
+from smoke import add_smoke_flag
 
-from trainables.corpus import read_documents
+from trainables.corpus import read_documents, resolve_corpus
 from trainables.data import corpus_hash
 from trainables.embeddings import EmbeddingConfig, document_embeddings, embedded
 from trainables.selection import reference_uniform_order, uniform_order
 
-ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_data.json"
+
+@dataclass(frozen=True)
+class Sizes:
+    """What each part orders; the JSON keys keep the full run's names (``run_200k``) at any sizes."""
+
+    synthetic_50k: int  # the 50k set's documents when it is synthetic
+    n_200k: int
+    k_200k: int
+    n_1m: int
+    k_1m: int
+    float32_picks: int  # of the float32 loop timed at 200k
+
+
+FULL = Sizes(50_000, 200_000, 100_000, 1_000_000, 100_000, 2000)
+SMOKE = Sizes(2_000, 4_000, 2_000, 10_000, 2_000, 100)
 
 
 def clustered_embeddings(n: int, dim: int = 100, clusters: int = 300, seed: int = 0) -> np.ndarray:
@@ -52,11 +71,12 @@ def clustered_embeddings(n: int, dim: int = 100, clusters: int = 300, seed: int 
     return (points + 1.5 * rotation[:, 0]).astype(np.float32)
 
 
-def alpaca_embeddings() -> np.ndarray | None:
-    if not ALPACA.is_file():
-        print(f"{ALPACA} is absent: using the synthetic set at 50k too", file=sys.stderr)
+def real_embeddings(corpus: Path) -> np.ndarray | None:
+    """Word2Vec embeddings of the documents of ``corpus``; None if it is absent."""
+    if not corpus.is_file():
+        print(f"{corpus} is absent: using the synthetic set at 50k too", file=sys.stderr)
         return None
-    documents = read_documents(ALPACA)
+    documents = read_documents(corpus)
     with tempfile.TemporaryDirectory() as cache:
         vectors = document_embeddings(documents, EmbeddingConfig(), Path(cache), corpus_hash(documents))
     return vectors[embedded(vectors)]
@@ -90,26 +110,28 @@ def float32_loop_seconds_per_pick(vectors: np.ndarray, picks: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip-1m", action="store_true", help="leave out the 1M-document timing")
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    sizes, corpus = (SMOKE, resolve_corpus(SMALL_CORPUS)) if args.smoke else (FULL, ALPACA)
     print(f"torch threads: {torch.get_num_threads()}", file=sys.stderr)
     result: dict[str, Any] = {}
-    real = alpaca_embeddings()
-    data_50k = real if real is not None else clustered_embeddings(50_000)
-    result["data_50k"] = "alpaca word2vec" if real is not None else "clustered synthetic"
+    real = real_embeddings(corpus)
+    data_50k = real if real is not None else clustered_embeddings(sizes.synthetic_50k)
+    result["data_50k"] = f"word2vec of {corpus.name}" if real is not None else "clustered synthetic"
     result["run_50k"] = compare("50k", data_50k, len(data_50k) // 2)
-    data_200k = clustered_embeddings(200_000)
-    result["run_200k"] = compare("200k", data_200k, 100_000)
-    result["float32_loop_ms_per_pick_200k"] = 1e3 * float32_loop_seconds_per_pick(data_200k, 2000)
+    data_200k = clustered_embeddings(sizes.n_200k)
+    result["run_200k"] = compare("200k", data_200k, sizes.k_200k)
+    result["float32_loop_ms_per_pick_200k"] = 1e3 * float32_loop_seconds_per_pick(data_200k, sizes.float32_picks)
     if not args.skip_1m:
-        data_1m = clustered_embeddings(1_000_000)
+        data_1m = clustered_embeddings(sizes.n_1m)
         started = time.perf_counter()
-        uniform_order(data_1m, 100_000)
+        uniform_order(data_1m, sizes.k_1m)
         result["seconds_1m_100k"] = time.perf_counter() - started
-        print(f"1M: {result['seconds_1m_100k']:.1f} s for k=100k", file=sys.stderr)
+        print(f"1M: {result['seconds_1m_100k']:.1f} s for k={sizes.k_1m}", file=sys.stderr)
     result["speedup_50k"] = result["run_50k"]["speedup"]
     result["speedup_200k"] = result["run_200k"]["speedup"]
     result["speedup_200k_vs_float32_loop"] = (
-        result["float32_loop_ms_per_pick_200k"] / 1e3 * 100_000 / result["run_200k"]["fast_s"]
+        result["float32_loop_ms_per_pick_200k"] / 1e3 * sizes.k_200k / result["run_200k"]["fast_s"]
     )
     result["identical"] = result["run_50k"]["identical"] and result["run_200k"]["identical"]
     print(json.dumps(result))

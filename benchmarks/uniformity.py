@@ -11,9 +11,9 @@ Data: ``../shared/data/alpaca_data.json`` (skipped with a message if absent).
 Each Alpaca record is one document (instruction, input, output); 10% of the
 documents are held out for validation before any selection.
 
-Run: ``.venv/bin/python benchmarks/uniformity.py`` (about 25 minutes on 2
-cores: two trainings at a time); writes ``docs/img/uniformity.png`` and prints
-one JSON object last.
+Run: ``.venv/bin/python benchmarks/uniformity.py [--smoke]`` (about 25 minutes
+on 2 cores: two trainings at a time); writes ``docs/img/uniformity.png`` and
+prints one JSON object last. ``--smoke`` runs on gensim's small corpus.
 """
 
 from __future__ import annotations
@@ -29,16 +29,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from corpora import ALPACA, SMALL_CORPUS
 from matplotlib.figure import Figure
+from smoke import SMOKE_MODEL, add_smoke_flag, output_path
 
-from trainables.config import TrialConfig
+from trainables.config import MIN_STEPS, TrialConfig
 from trainables.data import SelectionPlan, SweepData, prepare_sweep_data
 from trainables.embeddings import EmbeddingConfig
 from trainables.loop import train_lm
 from trainables.model import MODEL_PRESETS
 from trainables.selection import random_order, subset_metrics
 
-ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_data.json"
 FIGURE = Path(__file__).resolve().parents[1] / "docs" / "img" / "uniformity.png"
 FRACTIONS = (0.1, 0.25, 0.5)
 TRAINED_FRACTIONS = (0.1, 0.25)
@@ -58,10 +59,10 @@ def uniformity_table(data: SweepData) -> dict[str, dict[str, dict[str, float]]]:
     return table
 
 
-def _train(run: tuple[str, float, float]) -> dict[str, Any]:
-    strategy, fraction, compute = run
+def _train(run: tuple[str, float, float, str]) -> dict[str, Any]:
+    strategy, fraction, compute, model = run
     torch.set_num_threads(1)
-    settings = {f"model.{k}": v for k, v in MODEL_PRESETS["small"].items()}
+    settings = {f"model.{k}": v for k, v in MODEL_PRESETS[model].items()}
     settings.update({"budget.compute": compute, "batch_size": 16, "eval_every": 100, "peak_lr": 3e-3})
     settings.update({"selection.strategy": strategy, "selection.fraction": fraction})
     reports: list[dict[str, float]] = []
@@ -101,28 +102,36 @@ def main() -> None:
     global _shared
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--compute", type=float, default=4e6, help="tokens each training run is given")
+    add_smoke_flag(parser)
     args = parser.parse_args()
-    if not ALPACA.is_file():
+    if args.smoke:
+        corpus, model = SMALL_CORPUS, SMOKE_MODEL
+        compute = MIN_STEPS * 16 * MODEL_PRESETS[model]["seq_len"]
+    elif ALPACA.is_file():
+        corpus, model, compute = str(ALPACA), "small", args.compute
+    else:
         print(f"skipped: {ALPACA} is absent")
         print(json.dumps({"skipped": f"{ALPACA} is absent"}))
         return
     plan = SelectionPlan(("random", "uniform"), max(FRACTIONS), EmbeddingConfig(), seed=0)
     with tempfile.TemporaryDirectory() as cache:
         _shared = prepare_sweep_data(
-            str(ALPACA), val_fraction=0.1, seed=0, seq_len=128, eval_tokens=32768, cache_dir=Path(cache), selection=plan
-        )
+            corpus, val_fraction=0.1, seed=0, seq_len=MODEL_PRESETS[model]["seq_len"], eval_tokens=32768,
+            cache_dir=Path(cache), selection=plan,
+        )  # fmt: skip
     result: dict[str, Any] = {"documents": _shared.train.n_documents, "train_tokens": _shared.train_tokens}
     result["uniformity"] = uniformity_table(_shared)
-    runs = [(s, f, args.compute) for f in TRAINED_FRACTIONS for s in ("uniform", "random")]
-    runs.append(("full", 1.0, args.compute))
+    runs = [(s, f, compute, model) for f in TRAINED_FRACTIONS for s in ("uniform", "random")]
+    runs.append(("full", 1.0, compute, model))
     with ProcessPoolExecutor(max_workers=2) as pool:  # fork: workers share the prepared data
         trained = list(pool.map(_train, runs))
     for run in trained:
         print(f"{run['strategy']} {run['fraction']:.0%}: final val loss {run['final_val_loss']:.4f} "
               f"({run['epochs']:.1f} epochs, {run['seconds']:.0f} s)", file=sys.stderr)  # fmt: skip
-    plot(trained, FIGURE)
+    with output_path(FIGURE, args.smoke) as figure:
+        plot(trained, figure)
     result["training"] = trained
-    result["compute"] = args.compute
+    result["compute"] = compute
     for fraction in TRAINED_FRACTIONS:
         by = {r["strategy"]: r["final_val_loss"] for r in trained if r["fraction"] == fraction}
         result[f"uniform_minus_random_{fraction}"] = by["uniform"] - by["random"]

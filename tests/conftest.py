@@ -24,6 +24,9 @@ os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
 
 REPO = Path(__file__).resolve().parent.parent
+# The benchmarks' kill-and-resume harness (benchmarks/crash.py) serves the resume tests too; benchmark
+# scripts import each other as top-level modules from their own folder.
+sys.path.insert(0, str(REPO / "benchmarks"))
 # The installed console script, as a user runs it.
 _SCRIPT = Path(sys.executable).with_name("effsweep")
 EFFSWEEP = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "orchestrator.cli"]

@@ -22,13 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import crash
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
 from orchestrator.layout import SweepLayout, SweepRecord
-from orchestrator.tracking import STATUS_TAG, TRIAL_ID_TAG
+from orchestrator.mlflow_runs import TRIAL_ID_TAG
+from orchestrator.run_writer import STATUS_TAG
 from tests.conftest import EFFSWEEP, REPO, tiny_spec, write_spec
 
 FINAL_STATUSES = {"completed", "pruned", "diverged", "error"}
@@ -126,6 +128,8 @@ def _assert_every_trial_once_and_final(sweep_dir: Path, trials: int) -> None:
     runs = _child_runs(sweep_dir)
     assert sorted(runs["trial"]) == sorted(results["trial_id"]), "one child run per trial, none duplicated"
     assert set(runs["status"]) <= FINAL_STATUSES
+    bookkeeping = crash.outcome(sweep_dir)
+    assert bookkeeping["duplicate_metric_rows"] == 0 and bookkeeping["orphaned_runs"] == 0
 
 
 def test_a_submitted_sweep_runs_as_a_job_and_completes(real_cluster: RealCluster, tmp_path: Path) -> None:
