@@ -72,7 +72,8 @@ from scipy.stats import spearmanr
 from smoke import add_smoke_flag
 
 from orchestrator.mpl import MPLFit, fit_mpl
-from orchestrator.pruning import DECISION_FRACTIONS, MPLPruner, TrialTrack, predict_final
+from orchestrator.mpl_tracks import TrialTrack, predict_final
+from orchestrator.pruning import DECISION_FRACTIONS, MPLPruner
 from orchestrator.replay import BankOrder, config_key, read_bank, replay_trial
 
 CURVES = Path(__file__).resolve().parent / "curves"

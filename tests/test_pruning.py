@@ -12,17 +12,8 @@ from mlflow.tracking import MlflowClient
 from ray.tune.schedulers import TrialScheduler
 
 from orchestrator.mpl import MPLFit
-from orchestrator.pruning import (
-    MPLPruner,
-    Prediction,
-    PredictionFeed,
-    RefitInputs,
-    TrialTrack,
-    calibrate,
-    predict_final,
-    read_predictions,
-    should_stop,
-)
+from orchestrator.mpl_tracks import Prediction, RefitInputs, TrialTrack, calibrate, predict_final, should_stop
+from orchestrator.pruning import MPLPruner, PredictionFeed, read_predictions
 from orchestrator.schedulers import build_scheduler
 from orchestrator.spec import SpecError, parse_spec
 from orchestrator.sweep import run_sweep
