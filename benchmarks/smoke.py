@@ -21,8 +21,8 @@ def add_smoke_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="a run of seconds at tiny sizes on gensim's corpus that writes nothing into the repository: "
-        "a check that the benchmark runs, not a measurement",
+        help="a run of seconds at tiny sizes (on gensim's small corpus where text is read) that writes nothing "
+        "into the repository: a check that the benchmark runs, not a measurement",
     )
 
 

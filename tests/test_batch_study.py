@@ -32,8 +32,10 @@ def test_the_study_finds_a_critical_batch_size_and_writes_it_into_a_spec(tmp_pat
     sizes = [p["batch_size"] for p in result["points"]]
     assert {4, 8, 16, 32} <= set(sizes) and len(sizes) > 4  # the refinement added batch sizes near the knee
     assert all(p["reached"] or p["outpaced"] for p in result["points"]) and result["gns"] > 0
-    fewest = min((p for p in result["points"] if p["reached"]), key=lambda p: p["steps"])["batch_size"]
-    assert all(p["batch_size"] > fewest for p in result["points"] if p["outpaced"])
+    # An outpaced trial was stopped by a smaller batch size that had reached the target. (Which trials
+    # are outpaced depends on how the round's trials interleave in time, so no more is asserted.)
+    reached_sizes = [p["batch_size"] for p in result["points"] if p["reached"]]
+    assert all(min(reached_sizes) < p["batch_size"] for p in result["points"] if p["outpaced"])
     assert all(p["reached"] for p in result["points"] if p["fitted"])
     assert [r.split("/")[-1] for r in result["rounds"]] == ["pilot", "round-1", "round-2"]
     written = load_spec(found)
