@@ -53,7 +53,7 @@ def test_a_sweep_keeps_results_and_checkpoints_in_a_bucket(
     assert (outcome.results.trials["status"] == "completed").all()
     files = [f.path for f in bucket.get_file_info(pyarrow.fs.FileSelector("sweeps/runs", recursive=True))]
     assert any("/experiment_state-" in p for p in files)
-    assert sum(p.endswith("/run.pt") for p in files) == 2  # one checkpoint kept per trial
+    assert 2 <= sum(p.endswith("/run.pt") for p in files) <= 4  # the last two checkpoints kept per trial
     assert not (tmp_path / "in-bucket" / "tune").exists()  # nothing of Tune's in the local folder
     again = run_sweep(parse_spec(raw))  # restored from the bucket: the same trials, nothing run twice
     assert sorted(again.results.trials["trial_id"]) == sorted(outcome.results.trials["trial_id"])
