@@ -37,6 +37,9 @@ FORWARDED_ENV = (
     "EFFSWEEP_CACHE_DIR",
 )
 SPEC_ENV = "EFFSWEEP_SPEC"
+# The job server answers this while no node's job agent has registered yet
+# (a cluster just started, or a loaded head node); it asks the client to retry.
+AGENT_NOT_READY = "No available agent to submit job"
 FINISHED = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
 
 
@@ -48,8 +51,13 @@ def submit_sweep(
     tracking_uri: str | None = None,
     storage: str | None = None,
     name: str | None = None,
+    agent_wait_s: float = 120.0,
 ) -> tuple[JobSubmissionClient, str]:
-    """Submit the sweep in ``spec_path`` to the cluster at ``address``; returns the client and the job id."""
+    """Submit the sweep in ``spec_path`` to the cluster at ``address``; returns the client and the job id.
+
+    A cluster whose job agent is not up yet is asked again for up to
+    ``agent_wait_s`` seconds; any other refusal is raised at once.
+    """
     spec = load_spec(spec_path)
     target = output or str(spec.output_dir.resolve())
     command = ["effsweep", "run", "-", "--quiet", "--output", target]
@@ -60,13 +68,20 @@ def submit_sweep(
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     env[SPEC_ENV] = spec.source
     client = JobSubmissionClient(address)
-    job_id = client.submit_job(
-        entrypoint=f'printf "%s" "${SPEC_ENV}" | {shlex.join(command)}',
-        runtime_env={"env_vars": env},
-        submission_id=name,
-        metadata={"effsweep.spec": spec.name, "effsweep.output": target},
-    )
-    return client, job_id
+    request = {
+        "entrypoint": f'printf "%s" "${SPEC_ENV}" | {shlex.join(command)}',
+        "runtime_env": {"env_vars": env},
+        "submission_id": name,
+        "metadata": {"effsweep.spec": spec.name, "effsweep.output": target},
+    }
+    deadline = time.monotonic() + agent_wait_s
+    while True:
+        try:
+            return client, client.submit_job(**request)
+        except RuntimeError as refused:
+            if AGENT_NOT_READY not in str(refused) or time.monotonic() >= deadline:
+                raise
+            time.sleep(2.0)
 
 
 def wait_for_job(client: JobSubmissionClient, job_id: str, timeout: float, poll: float = 1.0) -> JobStatus:
