@@ -5,7 +5,7 @@ budget picks the target, a geometric round, a refinement round) runs first;
 then a dense grid of batch sizes a factor sqrt(2) apart, from 4 to 256, runs
 every size to the same target. Both fit S(b) = S_min (1 + B_crit / b) to the
 falling side of what they measured (the batch sizes up to the one with the
-fewest steps; ``orchestrator.batch_study``). Compute is every trial's compute (the pilot's included for
+fewest steps; ``orchestrator.cbs.study``). Compute is every trial's compute (the pilot's included for
 the finder). The noise scale is the mean of the last ``gns`` the grid's
 trials reported, against the grid's B_crit.
 
@@ -32,8 +32,8 @@ import ray
 from corpora import default_corpus
 from smoke import SMOKE_MODEL, add_smoke_flag
 
-from orchestrator.batch_study import falling_side, measured_points, round_spec, run_batch_study
-from orchestrator.cbs import fit_critical_batch
+from orchestrator.cbs.fit import fit_critical_batch
+from orchestrator.cbs.study import falling_side, measured_points, round_spec, run_batch_study
 from orchestrator.spec import parse_spec
 from orchestrator.sweep import SWEEP_ENV, run_sweep
 from trainables.config import MIN_STEPS

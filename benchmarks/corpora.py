@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from trainables.data import SweepData, prepare_sweep_data
+from trainables.data.prepare import SweepData, prepare_sweep_data
 
 ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_data.json"
 SMALL_CORPUS = "gensim:lee_background"  # 300 short news texts: always present, and read in seconds

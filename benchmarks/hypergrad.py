@@ -57,10 +57,10 @@ import numpy as np
 import torch
 from smoke import add_smoke_flag
 
-from trainables.fixed_point import FixedPointOverflow
-from trainables.flat_parameters import FlatParameters
-from trainables.hyperparameters import Hyperparameters
-from trainables.reversible import (
+from trainables.hypergrad.fixed_point import FixedPointOverflow
+from trainables.hypergrad.flat_parameters import FlatParameters
+from trainables.hypergrad.hyperparameters import Hyperparameters
+from trainables.hypergrad.reversal import (
     CONFIG_PREFIX,
     HyperTask,
     block_of,
@@ -81,7 +81,7 @@ METHODS = {"reversible": hypergradients, "unrolled": unrolled_hypergradients}
 
 def digits_task() -> HyperTask:
     """The paper-sized digits task: hidden (50, 50, 50), 1,000 training images, batches of 100."""
-    from trainables.hypertasks import DigitsTask
+    from trainables.hypergrad.tasks import DigitsTask
 
     return DigitsTask(hidden=(50, 50, 50), train_size=1000, batch_size=100, seed=0)
 
@@ -266,7 +266,7 @@ def lm_task() -> HyperTask:
     """The ``tiny`` GPT on gensim's ``lee_background``, tokenised and split as a sweep does, batch 8."""
     from corpora import prepare_default_model_data
 
-    from trainables.hypertasks import LanguageModelTask
+    from trainables.hypergrad.tasks import LanguageModelTask
     from trainables.model import MODEL_PRESETS, ModelConfig
 
     cfg = ModelConfig(**MODEL_PRESETS["tiny"])
@@ -298,7 +298,7 @@ def hypergrad_search(
     task: HyperTask, start: Hyperparameters, steps: int, meta_steps: int, meta_lr: float, patience: int, growth: float
 ) -> dict[str, Any]:
     """Drive the ``hypergrad`` searcher by hand (one chain): every meta-iteration's loss and the best iterate."""
-    from orchestrator.hypergrad_search import HypergradSearcher
+    from orchestrator.hypergrad.searcher import HypergradSearcher
 
     searcher = HypergradSearcher(start, [{}], meta_steps=meta_steps, meta_lr=meta_lr, patience=patience, growth=growth)
     losses: list[float] = []

@@ -27,9 +27,9 @@ import torch
 from corpora import default_corpus, prepare_default_model_data
 from smoke import SMOKE_MODEL, add_smoke_flag
 
-from orchestrator.mpl import Curve, fit_mpl
+from orchestrator.mpl.fit import Curve, fit_mpl
 from trainables.config import TrialConfig
-from trainables.data import SweepData
+from trainables.data.prepare import SweepData
 from trainables.loop import train_lm
 from trainables.model import MODEL_PRESETS
 

@@ -31,11 +31,11 @@ from corpora import default_corpus, prepare_default_model_data
 from smoke import SMOKE_MODEL, add_smoke_flag
 
 from trainables.config import TrialConfig
-from trainables.data import SweepData
+from trainables.data.prepare import SweepData
 from trainables.loop import train_lm
 from trainables.model import GPT, MODEL_PRESETS
-from trainables.optimizers import build_step_rule
 from trainables.patch import PatchBatcher, patch_loss
+from trainables.step_rules import build_step_rule
 
 BATCH = 16
 # 70 token-level steps of the tiny model: a (K = 4, lambda = 2/3) trial given half of that compute still has

@@ -1,7 +1,7 @@
 """Pruners compared on the curve bank, by replaying recorded trials through real Tune schedulers.
 
 For each of several random orders of the bank's trials, a Tune run replays
-them (``orchestrator.replay``; ``concurrency`` at a time, like a sweep on a
+them (``replay``; ``concurrency`` at a time, like a sweep on a
 few workers) under no pruning, ASHA, median stopping, Hyperband and the
 ``mpl`` pruner. Per scheduler: compute used (the compute of every report let
 through) and regret (final loss of the best trial it ran to the end, minus
@@ -68,13 +68,13 @@ from ray.tune.schedulers import (
     MedianStoppingRule,
     TrialScheduler,
 )
+from replay import BankOrder, config_key, read_bank, replay_trial
 from scipy.stats import spearmanr
 from smoke import add_smoke_flag
 
-from orchestrator.mpl import MPLFit, fit_mpl
-from orchestrator.mpl_tracks import TrialTrack, predict_final
-from orchestrator.pruning import DECISION_FRACTIONS, MPLPruner
-from orchestrator.replay import BankOrder, config_key, read_bank, replay_trial
+from orchestrator.mpl.fit import MPLFit, fit_mpl
+from orchestrator.mpl.pruner import DECISION_FRACTIONS, MPLPruner
+from orchestrator.mpl.tracks import TrialTrack, predict_final
 
 CURVES = Path(__file__).resolve().parent / "curves"
 SHARED = 8

@@ -38,7 +38,7 @@ from corpora import ALPACA, SMALL_CORPUS
 from smoke import add_smoke_flag, output_path
 
 from trainables.config import TrialConfig
-from trainables.data import SweepData, prepare_sweep_data
+from trainables.data.prepare import SweepData, prepare_sweep_data
 from trainables.loop import train_lm
 from trainables.model import MODEL_PRESETS
 

@@ -30,7 +30,7 @@ from corpora import default_corpus, prepare_default_model_data
 from smoke import SMOKE_MODEL, add_smoke_flag
 
 from trainables.config import MIN_STEPS, TrialConfig
-from trainables.data import SweepData
+from trainables.data.prepare import SweepData
 from trainables.loop import train_lm
 from trainables.model import MODEL_PRESETS
 

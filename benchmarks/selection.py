@@ -38,10 +38,10 @@ import torch
 from corpora import ALPACA, SMALL_CORPUS
 from smoke import add_smoke_flag
 
-from trainables.corpus import read_documents, resolve_corpus
-from trainables.data import corpus_hash
-from trainables.embeddings import EmbeddingConfig, document_embeddings, embedded
-from trainables.selection import reference_uniform_order, uniform_order
+from trainables.data.corpus import read_documents, resolve_corpus
+from trainables.data.prepare import corpus_hash
+from trainables.selection.embeddings import EmbeddingConfig, document_embeddings, embedded
+from trainables.selection.orderings import reference_uniform_order, uniform_order
 
 
 @dataclass(frozen=True)

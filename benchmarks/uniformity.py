@@ -34,11 +34,11 @@ from matplotlib.figure import Figure
 from smoke import SMOKE_MODEL, add_smoke_flag, output_path
 
 from trainables.config import MIN_STEPS, TrialConfig
-from trainables.data import SelectionPlan, SweepData, prepare_sweep_data
-from trainables.embeddings import EmbeddingConfig
+from trainables.data.prepare import SelectionPlan, SweepData, prepare_sweep_data
 from trainables.loop import train_lm
 from trainables.model import MODEL_PRESETS
-from trainables.selection import random_order, subset_metrics
+from trainables.selection.embeddings import EmbeddingConfig
+from trainables.selection.orderings import random_order, subset_metrics
 
 FIGURE = Path(__file__).resolve().parents[1] / "docs" / "img" / "uniformity.png"
 FRACTIONS = (0.1, 0.25, 0.5)

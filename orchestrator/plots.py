@@ -12,10 +12,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from orchestrator.cbs import CriticalBatchFit
-from orchestrator.mpl import Curve, MPLFit
+from orchestrator.cbs.fit import CriticalBatchFit
+from orchestrator.mpl.fit import Curve, MPLFit
 from orchestrator.results import SweepResults
-from trainables.hyperparameters import Hyperparameters
+from trainables.hypergrad.hyperparameters import Hyperparameters
 from trainables.loop import OBJECTIVE
 
 

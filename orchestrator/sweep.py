@@ -20,22 +20,22 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from orchestrator.cbs.outpaced import OutpacedStopper
 from orchestrator.layout import SweepDirError, SweepLayout, SweepRecord
 from orchestrator.mlflow_runs import child_runs, ensure_experiment, finish_parent_run, open_parent_run
-from orchestrator.outpaced import OutpacedStopper
 from orchestrator.progress import ConsoleProgress
 from orchestrator.results import CONFIG_PREFIX, SweepResults, collect_results
 from orchestrator.schedulers import build_scheduler
 from orchestrator.searchers import METRIC, MODE, build_searcher
-from orchestrator.selection_view import SelectionPictures
+from orchestrator.selection.pictures import SelectionPictures
 from orchestrator.snapshots import SchedulerSnapshot, snapshot_every_step
 from orchestrator.spec import SweepSpec
 from orchestrator.storage import TrialStorage, check_shared
 from orchestrator.sweep_artifacts import log_sweep_artifacts
 from orchestrator.tracking import MlflowTrialCallback
-from trainables.data import SweepData, prepare_sweep_data
+from trainables.data.prepare import SweepData, prepare_sweep_data
 from trainables.loop import OBJECTIVE
-from trainables.selection import Progress
+from trainables.selection.orderings import Progress
 from trainables.trial import hypergrad_trial, lm_trial, lm_trial_distributed
 
 
@@ -57,7 +57,7 @@ def cache_dir() -> Path:
     ``EFFSWEEP_CACHE_DIR``, else ``~/.cache/effsweep``. Cached tokens are a
     reversible copy of every corpus read, so the cache is its user's alone: the
     directory is made with mode 0700 (one of the user's that is open to others
-    is narrowed to it), and ``trainables.data`` writes its files 0600.
+    is narrowed to it), and ``trainables.data.prepare`` writes its files 0600.
     """
     path = Path(os.environ.get("EFFSWEEP_CACHE_DIR") or Path.home() / ".cache" / "effsweep")
     path.mkdir(mode=0o700, parents=True, exist_ok=True)

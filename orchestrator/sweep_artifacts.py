@@ -16,12 +16,12 @@ from pathlib import Path
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from orchestrator.hypergrad_report import report_chains
+from orchestrator.hypergrad.report import report_chains
 from orchestrator.importance import knob_importances, write_importances
 from orchestrator.layout import SweepLayout, SweepRecord
 from orchestrator.mlflow_runs import child_runs, log_summary_metrics
+from orchestrator.mpl.pruner import read_predictions
 from orchestrator.plots import plot_importances, plot_predictions, plot_trial_curves, plot_val_loss
-from orchestrator.pruning import read_predictions
 from orchestrator.results import SweepResults, write_results
 from orchestrator.spec import SweepSpec
 from search_spaces.build import Knob

@@ -17,10 +17,10 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from orchestrator.layout import SweepLayout, SweepRecord
-from orchestrator.pruning import PredictionFeed
+from orchestrator.mpl.pruner import PredictionFeed
 from orchestrator.results import reported_metrics, trial_status
 from orchestrator.run_writer import RunWriter
-from orchestrator.selection_view import SelectionPictures
+from orchestrator.selection.pictures import SelectionPictures
 
 PREDICTION_METRICS = ("mpl_pred_final", "mpl_pred_low", "mpl_pred_high")
 

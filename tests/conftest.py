@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from trainables.data import SweepData, prepare_sweep_data
+from trainables.data.prepare import SweepData, prepare_sweep_data
 
 # Token authentication on, as Ray 2.60 sets it up for new clusters, with one token for every Ray
 # the session starts (the local one, the multi-node cluster) and every process it runs. Set before

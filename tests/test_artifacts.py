@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from orchestrator import plots
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from orchestrator.importance import knob_importances
 from orchestrator.layout import SweepLayout, SweepRecord
 from orchestrator.mlflow_runs import TRIAL_ID_TAG, ensure_experiment, finish_parent_run, open_parent_run

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from orchestrator.batch_study import falling_side
-from orchestrator.cbs import fit_critical_batch, most_efficient_batch
+from orchestrator.cbs.fit import fit_critical_batch, most_efficient_batch
+from orchestrator.cbs.study import falling_side
 from trainables.noise_scale import NoiseScale, unbiased_terms
 
 

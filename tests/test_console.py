@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 from ray import tune
 
-from orchestrator.cli import _parser, main
-from orchestrator.cli_console import sweep_console
+from orchestrator.cli.console import sweep_console
+from orchestrator.cli.main import _parser, main
 from orchestrator.layout import SweepLayout, SweepRecord
 from orchestrator.progress import CLEAR_LINE, ConsoleProgress, Tally, progress_handler, time_left
 from orchestrator.progress import logger as progress_logger
@@ -128,7 +128,7 @@ def test_a_real_tune_run_reports_trials_and_the_tally(
 LOGGING_SCRIPT = """
 import logging, sys, warnings
 from pathlib import Path
-from orchestrator.cli_console import sweep_console
+from orchestrator.cli.console import sweep_console
 
 logging.getLogger("ray").setLevel(logging.WARNING)  # as a sweep's ray.init sets it
 for verbose in (False, True):

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from trainables.corpus import CorpusError, CorpusFormat, read_documents
+from trainables.data.corpus import CorpusError, CorpusFormat, read_documents
 
 ALPACA_LIKE = [
     {"instruction": "Give three tips for staying healthy.", "input": "", "output": "Eat well. Sleep. Move."},

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from orchestrator.sweep import cache_dir
-from trainables.data import cached_uniform_order, tokenize_cached
+from trainables.data.prepare import cached_uniform_order, tokenize_cached
 
 DOCUMENTS = ["The first document.", "A second, longer document.", "Third."]
 

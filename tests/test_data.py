@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trainables import data as data_module
-from trainables import tokenizer
-from trainables.corpus import CorpusError, read_documents, resolve_corpus
-from trainables.data import TokenizedCorpus, prepare_sweep_data, split_documents, tokenize_cached
+from trainables.data import prepare as data_module
+from trainables.data import tokenizer
+from trainables.data.corpus import CorpusError, read_documents, resolve_corpus
+from trainables.data.prepare import TokenizedCorpus, prepare_sweep_data, split_documents, tokenize_cached
 
 
 @given(st.lists(st.text(), max_size=20))

@@ -13,24 +13,24 @@ import torch
 from mlflow.tracking import MlflowClient
 from ray.tune.search import Searcher
 
-from orchestrator.hypergrad_report import best_hyperparameters, chain_history
-from orchestrator.hypergrad_search import HypergradSearcher, adam_step, gradient_growing
+from orchestrator.hypergrad.report import best_hyperparameters, chain_history
+from orchestrator.hypergrad.searcher import HypergradSearcher, adam_step, gradient_growing
 from orchestrator.results import read_results
 from orchestrator.spec import SpecError, load_spec, parse_spec
 from orchestrator.sweep import run_sweep
 from tests.conftest import REPO
-from trainables.data import SweepData
-from trainables.fixed_point import FixedPointOverflow, ReversibleSGD
-from trainables.hyperparameters import Hyperparameters
-from trainables.hypertasks import DigitsTask, LanguageModelTask
-from trainables.information_buffer import DENOMINATOR, InformationBuffer, divide_exact, multiply_exact
-from trainables.model import ModelConfig
-from trainables.reversible import (
+from trainables.data.prepare import SweepData
+from trainables.hypergrad.fixed_point import FixedPointOverflow, ReversibleSGD
+from trainables.hypergrad.hyperparameters import Hyperparameters
+from trainables.hypergrad.information_buffer import DENOMINATOR, InformationBuffer, divide_exact, multiply_exact
+from trainables.hypergrad.reversal import (
     GRAD_PREFIX,
     hypergradients,
     meta_iteration_report,
     unrolled_hypergradients,
 )
+from trainables.hypergrad.tasks import DigitsTask, LanguageModelTask
+from trainables.model import ModelConfig
 
 
 @pytest.fixture(scope="module")

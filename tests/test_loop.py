@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from trainables.config import TrialConfig
-from trainables.data import SweepData, prepare_sweep_data
+from trainables.data.prepare import SweepData, prepare_sweep_data
 from trainables.loop import DIVERGED, OBJECTIVE, REPORTED_METRICS, evaluate, train_lm
 from trainables.model import GPT, ModelConfig
 

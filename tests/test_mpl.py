@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
-from orchestrator.cli import main
-from orchestrator.mpl import Curve, CurveError, MPLFit, choose_min_step, fit_mpl, prediction_scores
+from orchestrator.cli.main import main
+from orchestrator.mpl.fit import Curve, CurveError, MPLFit, choose_min_step, fit_mpl, prediction_scores
 from orchestrator.spec import SpecError, parse_spec
 from tests.conftest import tiny_spec
 from trainables.config import ScheduleConfig, TrialConfig
-from trainables.multipower import MPLParams, mpl_final_loss, mpl_predict, schedule_terms
+from trainables.laws.multipower import MPLParams, mpl_final_loss, mpl_predict, schedule_terms
 
 TRUE = MPLParams(L0=2.2, A=0.6, alpha=0.45, B=350.0, C=2.0, beta=0.6, gamma=0.55)
 PEAK, T = 3e-3, 3000

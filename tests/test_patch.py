@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 from tests.conftest import TINY_32
 from trainables import loop as loop_module
 from trainables.config import TrialConfig
-from trainables.data import SweepData
+from trainables.data.prepare import SweepData
 from trainables.loop import OBJECTIVE, train_lm
 from trainables.model import GPT, ModelConfig
-from trainables.optimizers import StepRule
 from trainables.patch import PatchBatcher, patch_loss
+from trainables.step_rules import StepRule
 
 
 def _model(seed: int = 0) -> GPT:

@@ -11,15 +11,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune.schedulers import TrialScheduler
 
-from orchestrator.mpl import MPLFit
-from orchestrator.mpl_tracks import Prediction, RefitInputs, TrialTrack, calibrate, predict_final, should_stop
-from orchestrator.pruning import MPLPruner, PredictionFeed, read_predictions
+from orchestrator.mpl.fit import MPLFit
+from orchestrator.mpl.pruner import MPLPruner, PredictionFeed, read_predictions
+from orchestrator.mpl.tracks import Prediction, RefitInputs, TrialTrack, calibrate, predict_final, should_stop
 from orchestrator.schedulers import build_scheduler
 from orchestrator.spec import SpecError, parse_spec
 from orchestrator.sweep import run_sweep
 from tests.conftest import tiny_spec
 from trainables.config import TrialConfig
-from trainables.multipower import MPLParams, mpl_predict
+from trainables.laws.multipower import MPLParams, mpl_predict
 
 SHAPE = {"alpha": 0.45, "B": 350.0, "C": 2.0, "beta": 0.6, "gamma": 0.55}
 SWEEP = SHAPE | {"L0": 2.0}  # a sweep's shared fit: the decay shape and L0

@@ -15,11 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import REPO, effsweep
-from trainables import data as data_module
-from trainables.corpus import gensim_corpus_dir, read_documents, resolve_corpus
-from trainables.data import cached_uniform_order
-from trainables.embeddings import EmbeddingConfig, document_embeddings, words
-from trainables.selection import (
+from trainables.data import prepare as data_module
+from trainables.data.corpus import gensim_corpus_dir, read_documents, resolve_corpus
+from trainables.data.prepare import cached_uniform_order
+from trainables.selection.embeddings import EmbeddingConfig, document_embeddings, words
+from trainables.selection.orderings import (
     SelectionOrder,
     random_order,
     reference_uniform_order,
@@ -140,8 +140,8 @@ def test_a_cached_order_is_reused_and_extended_when_too_short(
 def test_embeddings_are_deterministic_across_processes(tmp_path: Path) -> None:
     # Python salts string hashes per process; the embeddings must not depend on it.
     script = (
-        "import hashlib, pathlib, sys; from trainables.corpus import read_documents, resolve_corpus;"
-        "from trainables.embeddings import EmbeddingConfig, document_embeddings;"
+        "import hashlib, pathlib, sys; from trainables.data.corpus import read_documents, resolve_corpus;"
+        "from trainables.selection.embeddings import EmbeddingConfig, document_embeddings;"
         "docs = read_documents(resolve_corpus('gensim:lee_background'))[:120];"
         "e = document_embeddings(docs, EmbeddingConfig(epochs=20), pathlib.Path(sys.argv[1]), 'h');"
         "print(hashlib.sha256(e.tobytes()).hexdigest())"

@@ -9,7 +9,7 @@ from typing import Any, get_args
 import pytest
 from pydantic import BaseModel
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from orchestrator.spec import (
     SCHEDULER_SETTINGS,
     SEARCHER_SETTINGS,

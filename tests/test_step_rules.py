@@ -12,11 +12,11 @@ import torch
 from tests.conftest import TINY_32
 from trainables import loop as loop_module
 from trainables.config import TrialConfig
-from trainables.data import SweepData
+from trainables.data.prepare import SweepData
 from trainables.loop import train_lm
 from trainables.model import GPT, ModelConfig
-from trainables.optimizers import build_step_rule
 from trainables.patch import PatchBatcher
+from trainables.step_rules import build_step_rule
 
 
 def _config(**settings: Any) -> TrialConfig:

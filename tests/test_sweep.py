@@ -13,7 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from orchestrator.mlflow_runs import TRIAL_ID_TAG
 from orchestrator.run_writer import STATUS_TAG
 from orchestrator.spec import parse_spec

@@ -18,8 +18,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainables import schedules
+from trainables.laws.multipower import MPLParams, mpl_optimal_rates
 from trainables.model import ModelConfig
-from trainables.multipower import MPLParams, mpl_optimal_rates
 
 # A trial shorter than this cannot warm up, evaluate and decay meaningfully.
 MIN_STEPS = 10
@@ -161,7 +161,7 @@ class ScheduleConfig(BaseModel):
 
 
 class SelectionConfig(BaseModel):
-    """Which training documents a trial uses: a prefix of its strategy's order (``trainables.selection``)."""
+    """Which training documents a trial uses: a prefix of its strategy's order (``trainables.selection.orderings``)."""
 
     model_config = _STRICT
 

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 
 from trainables.config import SELF_RATED, TrialConfig
-from trainables.data import SweepData
+from trainables.data.prepare import SweepData
 from trainables.model import GPT
 from trainables.noise_scale import NoiseScale, probe
-from trainables.optimizers import StepRule, build_step_rule
 from trainables.patch import PatchBatcher, patch_loss
+from trainables.step_rules import StepRule, build_step_rule
 from trainables.workers import Workers
 
 ALONE = Workers()

@@ -15,12 +15,12 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from trainables.config import TrialConfig
-from trainables.data import SweepData
-from trainables.fixed_point import FixedPointOverflow
-from trainables.hyperparameters import Hyperparameters
-from trainables.hypertasks import lm_meta_iteration
+from trainables.data.prepare import SweepData
+from trainables.hypergrad.fixed_point import FixedPointOverflow
+from trainables.hypergrad.hyperparameters import Hyperparameters
+from trainables.hypergrad.reversal import CONFIG_PREFIX
+from trainables.hypergrad.tasks import lm_meta_iteration
 from trainables.loop import DIVERGED, train_lm
-from trainables.reversible import CONFIG_PREFIX
 from trainables.train_worker import load_run, quiet_checkpoints, report_run, train_worker
 
 

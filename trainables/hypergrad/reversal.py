@@ -18,7 +18,7 @@ autograd through the unrolled steps keeps every step's graph.
 
 Example:
     >>> import torch
-    >>> from trainables.hypertasks import DigitsTask
+    >>> from trainables.hypergrad.tasks import DigitsTask
     >>> task = DigitsTask(hidden=(16,), train_size=200, batch_size=50, seed=0)
     >>> hyper = Hyperparameters.initial(blocks=2, groups=len(task.groups), lr=0.1, momentum=0.9)
     >>> outcome = hypergradients(task, hyper, steps=20)
@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.fixed_point import ReversibleSGD, from_fixed
-from trainables.flat_parameters import FlatParameters
-from trainables.hyperparameters import Hyperparameters, momentum_numerators, sigmoid
-from trainables.information_buffer import DENOMINATOR
+from trainables.hypergrad.fixed_point import ReversibleSGD, from_fixed
+from trainables.hypergrad.flat_parameters import FlatParameters
+from trainables.hypergrad.hyperparameters import Hyperparameters, momentum_numerators, sigmoid
+from trainables.hypergrad.information_buffer import DENOMINATOR
 from trainables.loop import OBJECTIVE
 
 # Keys of a meta-iteration's trial: its config carries the hyperparameters under CONFIG_PREFIX,

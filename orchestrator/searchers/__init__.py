@@ -1,5 +1,5 @@
 """The searchers a spec can name: ``random`` and ``tpe`` through Optuna, ``grid`` over explicit points,
-``hypergrad`` (``orchestrator.hypergrad_search``) on exact hypergradients."""
+``hypergrad`` (``orchestrator.hypergrad.searcher``) on exact hypergradients."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator.hypergrad_search import CHAINS_FILE, HypergradSearcher
+from orchestrator.hypergrad.searcher import CHAINS_FILE, HypergradSearcher
 from orchestrator.spec import SweepSpec
 from search_spaces.build import DefineByRunSpace, grid_points
-from trainables.hyperparameters import Hyperparameters
-from trainables.hypertasks import lm_group_names
+from trainables.hypergrad.hyperparameters import Hyperparameters
+from trainables.hypergrad.tasks import lm_group_names
 
 METRIC, MODE = "val_loss", "min"
 

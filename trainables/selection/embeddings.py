@@ -7,7 +7,7 @@ from a pretrained KeyedVectors file (gensim's native ``.kv``, or word2vec
 
 A document none of whose words is in the vocabulary has no embedding: its row
 is all zeros, ``embedded`` marks it, and the orderings place it after every
-embedded document (see ``trainables.selection``).
+embedded document (see ``trainables.selection.orderings``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from trainables.corpus import CorpusError
+from trainables.data.corpus import CorpusError
 
 if TYPE_CHECKING:
     from gensim.models import KeyedVectors

@@ -1,4 +1,4 @@
-"""Fitting the Multi-Power Law (``trainables.multipower``) to loss curves.
+"""Fitting the Multi-Power Law (``trainables.laws.multipower``) to loss curves.
 
 Given (alpha, C, beta, gamma) the law is linear in L0, A and B, so the fit
 optimises only those four (in log space, within bounds, from several starts,
@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares, lsq_linear
 
-from trainables.multipower import MPLParams, ScheduleTerms, schedule_terms
+from trainables.laws.multipower import MPLParams, ScheduleTerms, schedule_terms
 
 NONLINEAR = ("alpha", "C", "beta", "gamma")
 # Wide for alpha; for the decay shape, the range of the paper's fits and a bit beyond. Left free,
@@ -329,7 +329,7 @@ def choose_min_step(curves: Sequence[Curve]) -> int:
     learnt from rates that decrease within those 60% (a cosine's do).
 
     Example:
-        >>> from trainables.multipower import MPLParams, mpl_predict
+        >>> from trainables.laws.multipower import MPLParams, mpl_predict
         >>> law = MPLParams(L0=2.0, A=0.6, alpha=0.5, B=300.0, C=2.0, beta=0.6, gamma=0.6)
         >>> steps = np.arange(100, 3001, 100)
         >>> def curve(name, lrs):  # the law, plus a transient that has faded by step 1,000

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from trainables.information_buffer import Coder, InformationBuffer, divide_exact_at, multiply_exact_at
+from trainables.hypergrad.information_buffer import Coder, InformationBuffer, divide_exact_at, multiply_exact_at
 
 # Weights and velocities in units of 2^-50: the momentum multiplication is off by at most
 # 2^16 units (6e-11), and values up to 2^12 in magnitude fit.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainables.corpus import CorpusFormat, read_documents, resolve_corpus
-from trainables.data import cached_uniform_order, corpus_hash
-from trainables.embeddings import EmbeddingConfig, document_embeddings
-from trainables.selection import Progress, SelectionOrder, random_order
+from trainables.data.corpus import CorpusFormat, read_documents, resolve_corpus
+from trainables.data.prepare import cached_uniform_order, corpus_hash
+from trainables.selection.embeddings import EmbeddingConfig, document_embeddings
+from trainables.selection.orderings import Progress, SelectionOrder, random_order
 
 
 def order_corpus(

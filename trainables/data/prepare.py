@@ -17,11 +17,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trainables import tokenizer
 from trainables.config import SelectionConfig
-from trainables.corpus import CorpusError, CorpusFormat, read_documents, resolve_corpus
-from trainables.embeddings import EmbeddingConfig, document_embeddings
-from trainables.selection import Progress, SelectionOrder, random_order, subset_metrics, uniform_document_order
+from trainables.data import tokenizer
+from trainables.data.corpus import CorpusError, CorpusFormat, read_documents, resolve_corpus
+from trainables.selection.embeddings import EmbeddingConfig, document_embeddings
+from trainables.selection.orderings import (
+    Progress,
+    SelectionOrder,
+    random_order,
+    subset_metrics,
+    uniform_document_order,
+)
 
 # Cached tokens are a reversible copy of a corpus (the tokenizer is byte-level): their owner's alone.
 PRIVATE_DIR = 0o700

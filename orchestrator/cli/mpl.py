@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from orchestrator.mpl import Curve, fit_and_predict, fit_mpl, read_fitted_curves
+from orchestrator.mpl.fit import Curve, fit_and_predict, fit_mpl, read_fitted_curves
 from orchestrator.plots import plot_mpl
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from trainables.information_buffer import DENOMINATOR
+from trainables.hypergrad.information_buffer import DENOMINATOR
 
 
 @dataclass

@@ -6,14 +6,14 @@ from pathlib import Path
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from orchestrator.mpl import read_fit
-from orchestrator.pruning import MPLPruner
+from orchestrator.mpl.fit import read_fit
+from orchestrator.mpl.pruner import MPLPruner
 from orchestrator.spec import SweepSpec
 
 
 def build_scheduler(spec: SweepSpec, sweep_dir: Path) -> TrialScheduler:
     """``fifo`` runs every trial to its budget; ``asha`` stops the worst at rungs of compute;
-    ``mpl`` stops those the Multi-Power Law predicts will not win (``orchestrator.pruning``).
+    ``mpl`` stops those the Multi-Power Law predicts will not win (``orchestrator.mpl.pruner``).
 
     ASHA's rungs are measured in ``compute`` rather than reports or steps, so
     trials with different batch sizes (or patch settings) are compared after

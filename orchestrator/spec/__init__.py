@@ -26,8 +26,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from orchestrator.mpl import CurveError, read_fit, read_law
-from orchestrator.pruning import DECISION_FRACTIONS
+from orchestrator.mpl.fit import CurveError, read_fit, read_law
+from orchestrator.mpl.pruner import DECISION_FRACTIONS
 from search_spaces.build import DISTRIBUTIONS, Knob, combinations
 from trainables.config import (
     SELF_RATED,
@@ -39,10 +39,10 @@ from trainables.config import (
     flatten,
     trial_fields,
 )
-from trainables.corpus import CorpusError, CorpusFormat, resolve_corpus
-from trainables.data import SelectionPlan
-from trainables.embeddings import EmbeddingConfig
+from trainables.data.corpus import CorpusError, CorpusFormat, resolve_corpus
+from trainables.data.prepare import SelectionPlan
 from trainables.model import MODEL_PRESETS, ModelConfig
+from trainables.selection.embeddings import EmbeddingConfig
 
 # Corner combinations checked at most; the first ones in spec order are taken.
 MAX_COMBINATIONS_CHECKED = 20_000

@@ -18,21 +18,22 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from orchestrator import cli_cluster, cli_mpl
-from orchestrator.batch_study import UnreachableTarget, run_batch_study, write_batch_size
-from orchestrator.cli_console import ProgressBar, sweep_console
+from orchestrator.cbs.study import UnreachableTarget, run_batch_study, write_batch_size
+from orchestrator.cli import cluster as cli_cluster
+from orchestrator.cli import mpl as cli_mpl
+from orchestrator.cli.console import ProgressBar, sweep_console
 from orchestrator.importance import format_importances, read_importances
 from orchestrator.layout import SweepDirError, SweepLayout, SweepRecord
-from orchestrator.mpl import CurveError
-from orchestrator.ordering import order_corpus
+from orchestrator.mpl.fit import CurveError
 from orchestrator.results import CONFIG_PREFIX, format_table, read_results
+from orchestrator.selection.select_command import order_corpus
 from orchestrator.spec import SpecError, SweepSpec, load_spec
 from orchestrator.sweep import cache_dir, run_sweep
 from orchestrator.ui import serve_ui
 from search_spaces.catalog import description, ready_specs
-from trainables.corpus import CorpusError, CorpusFormat
-from trainables.embeddings import EmbeddingConfig
+from trainables.data.corpus import CorpusError, CorpusFormat
 from trainables.loop import OBJECTIVE
+from trainables.selection.embeddings import EmbeddingConfig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -337,7 +338,3 @@ def _results(args: argparse.Namespace) -> int:
 
 def _ui(args: argparse.Namespace) -> int:
     return serve_ui(SweepLayout(args.dir), host=args.host, port=args.port)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

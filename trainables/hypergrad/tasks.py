@@ -31,10 +31,10 @@ from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from trainables.config import TrialConfig
-from trainables.data import SweepData
-from trainables.hyperparameters import Hyperparameters
+from trainables.data.prepare import SweepData
+from trainables.hypergrad.hyperparameters import Hyperparameters
+from trainables.hypergrad.reversal import block_of, hypergradients, meta_iteration_report
 from trainables.model import GPT, ModelConfig
-from trainables.reversible import block_of, hypergradients, meta_iteration_report
 
 
 class DigitsTask:

@@ -11,7 +11,7 @@ the batch sizes either side of the first estimate of B_crit, at factors of
 sqrt(2), where the fit is least sure.
 
 A trial stops as soon as a smaller batch size has reached the target in
-fewer steps than it has taken (``orchestrator.outpaced``): it is past the
+fewer steps than it has taken (``orchestrator.cbs.outpaced``): it is past the
 fewest steps, which the fit leaves out whatever it does next.
 
 S(b) = S_min (1 + B_crit / b) is fitted to the *falling side*: the reached
@@ -49,7 +49,7 @@ import pandas as pd
 import yaml
 from mlflow.tracking import MlflowClient
 
-from orchestrator.cbs import CriticalBatchFit, fit_critical_batch, most_efficient_batch
+from orchestrator.cbs.fit import CriticalBatchFit, fit_critical_batch, most_efficient_batch
 from orchestrator.plots import plot_batch_study
 from orchestrator.spec import SpecError, SweepSpec, parse_spec
 from orchestrator.sweep import SweepOutcome, run_sweep

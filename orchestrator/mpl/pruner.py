@@ -59,8 +59,8 @@ import pandas as pd
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from orchestrator.mpl import MPLFit
-from orchestrator.mpl_tracks import Prediction, RefitInputs, TrialTrack, predict_final, refit, should_stop
+from orchestrator.mpl.fit import MPLFit
+from orchestrator.mpl.tracks import Prediction, RefitInputs, TrialTrack, predict_final, refit, should_stop
 
 DECISION_FRACTIONS = (0.1, 0.2, 0.3, 0.5, 0.7)  # of a trial's planned compute, unless given
 

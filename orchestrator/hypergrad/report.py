@@ -10,15 +10,15 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from orchestrator.hypergrad_search import CHAINS_FILE
+from orchestrator.hypergrad.searcher import CHAINS_FILE
 from orchestrator.mlflow_runs import MetricBatcher, set_tags
 from orchestrator.plots import plot_learned_schedules
 from orchestrator.results import CONFIG_PREFIX, SweepResults
-from trainables.hyperparameters import Hyperparameters
-from trainables.hypertasks import lm_group_names
+from trainables.hypergrad.hyperparameters import Hyperparameters
+from trainables.hypergrad.reversal import CONFIG_PREFIX as HYPER_PREFIX
+from trainables.hypergrad.reversal import GRAD_NORM
+from trainables.hypergrad.tasks import lm_group_names
 from trainables.model import ModelConfig
-from trainables.reversible import CONFIG_PREFIX as HYPER_PREFIX
-from trainables.reversible import GRAD_NORM
 
 CHAIN, META_STEP = f"{CONFIG_PREFIX}{HYPER_PREFIX}chain", f"{CONFIG_PREFIX}{HYPER_PREFIX}meta_step"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from trainables.data import SweepData
-from trainables.embeddings import embedded
-from trainables.selection import SelectionOrder
+from trainables.data.prepare import SweepData
+from trainables.selection.embeddings import embedded
+from trainables.selection.orderings import SelectionOrder
 
 # More points than this per layer only blacken the picture and slow the driver.
 MAX_POINTS = 20_000
@@ -26,7 +26,7 @@ class SelectionPictures:
 
     Example:
         >>> import tempfile
-        >>> from trainables.selection import random_order
+        >>> from trainables.selection.orderings import random_order
         >>> folder = Path(tempfile.mkdtemp())
         >>> points = np.random.default_rng(0).normal(size=(50, 2))
         >>> pictures = SelectionPictures(folder, points, {"random": random_order(50, seed=0)})

@@ -8,9 +8,9 @@ A rule wraps an optimizer and knows what a step of it takes:
   2405.15682, the official ``schedulefree`` package): constant rate with
   warmup, gradients taken at the interpolated point y; ``eval()`` moves the
   weights to the averaged point x for every evaluation, ``train()`` back;
-- ``armijo_sgd``: a line search on the batch (``trainables.armijo``); each
+- ``armijo_sgd``: a line search on the batch (``trainables.step_rules.armijo``); each
   trial step costs a forward pass, a third of a training step;
-- ``vsgd``: per-parameter rates (``trainables.vsgd``); two gradients a step.
+- ``vsgd``: per-parameter rates (``trainables.step_rules.vsgd``); two gradients a step.
 
 ``step`` returns the loss at the weights before the step, the rate used
 (the mean per-parameter rate for vSGD) and the compute spent, in training
@@ -26,9 +26,9 @@ import schedulefree
 import torch
 from torch import nn
 
-from trainables.armijo import ArmijoSGD
 from trainables.config import TrialConfig
-from trainables.vsgd import VSGD
+from trainables.step_rules.armijo import ArmijoSGD
+from trainables.step_rules.vsgd import VSGD
 
 LossFn = Callable[[], torch.Tensor]
 FORWARD_COST = 1.0 / 3.0  # a forward pass is about a third of a forward and backward

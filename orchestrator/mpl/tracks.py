@@ -4,7 +4,7 @@ A ``TrialTrack`` holds a trial's planned rates and the validation losses seen
 in its judged phase; ``predict_final`` fits the trial's own amplitude on top
 of the sweep's shared law and gives the final loss with an interval;
 ``calibrate`` measures how far such predictions missed on finished trials.
-The reasoning is in ``orchestrator.pruning``'s docstring.
+The reasoning is in ``orchestrator.mpl.pruner``'s docstring.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.mpl import Curve, MPLFit, fit_mpl
+from orchestrator.mpl.fit import Curve, MPLFit, fit_mpl
 from trainables.config import TrialConfig
-from trainables.multipower import schedule_terms
+from trainables.laws.multipower import schedule_terms
 
 # Step rules whose rate is their planned schedule, so the law can model their loss.
 LAW_MODELLED = ("adamw", "sgd")

@@ -15,7 +15,7 @@ the chains' summaries (``chain_summaries``) go to that JSON file whenever a
 chain ends.
 
 Example:
-    >>> from trainables.hyperparameters import Hyperparameters
+    >>> from trainables.hypergrad.hyperparameters import Hyperparameters
     >>> start = Hyperparameters.initial(blocks=2, groups=1, lr=0.1, momentum=0.9)
     >>> searcher = HypergradSearcher(start, [{"batch_size": 8}], meta_steps=3, meta_lr=0.1)
     >>> config = searcher.suggest("t1")
@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 from ray.tune.search import Searcher
 
-from trainables.hyperparameters import Hyperparameters
-from trainables.reversible import CONFIG_PREFIX, GRAD_PREFIX, REVERSAL_EXACT
+from trainables.hypergrad.hyperparameters import Hyperparameters
+from trainables.hypergrad.reversal import CONFIG_PREFIX, GRAD_PREFIX, REVERSAL_EXACT
 
 CHAINS_FILE = "hypergrad/chains.json"  # in the sweep directory: how each chain ended
 
