@@ -33,6 +33,8 @@ from orchestrator.mlflow_runs import TRIAL_ID_TAG
 from orchestrator.run_writer import STATUS_TAG
 from tests.conftest import EFFSWEEP, REPO, tiny_spec, write_spec
 
+pytestmark = pytest.mark.slow  # real multi-node Ray clusters
+
 FINAL_STATUSES = {"completed", "pruned", "diverged", "error"}
 
 
@@ -67,8 +69,13 @@ def real_cluster() -> Iterator[RealCluster]:
     try:
         cluster = Cluster(
             initialize_head=True,
-            head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_port": dashboard_port},
-        )
+            head_node_args={
+                "num_cpus": 0, "include_dashboard": True, "dashboard_port": dashboard_port,
+                # Ray's fixed default (52365) is taken by any other Ray on this machine, and an agent
+                # that cannot bind serves no jobs: the job server then refuses every submission.
+                "dashboard_agent_listen_port": _free_port(),
+            },
+        )  # fmt: skip
         for _ in range(2):
             cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
