@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from trainables.config import ScheduleConfig
+from trainables.schedules import parse_schedule
 
 STEPS, PEAK, BATCH, TOKENS = 1000, 3e-3, 16, 16 * 128
 SHOWN = [
@@ -35,7 +35,7 @@ def main() -> None:
     for ax in axes[len(SHOWN) :]:
         ax.set_visible(False)
     for ax, (title, params) in zip(axes, SHOWN, strict=False):
-        cfg = ScheduleConfig(**({"name": title} | params))
+        cfg = parse_schedule({"name": title} | params)
         ax.plot(step, PEAK * cfg.multipliers(STEPS, peak=PEAK, batch_size=BATCH, tokens_per_step=TOKENS))
         ax.set_title(title)
         ax.set_ylim(0, PEAK * 1.08)

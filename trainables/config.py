@@ -12,14 +12,14 @@ from __future__ import annotations
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, SerializeAsAny, field_validator, model_validator
 
-from trainables import schedules
-from trainables.laws.multipower import MPLParams, mpl_optimal_rates
 from trainables.model import ModelConfig
+from trainables.schedules import SCHEDULES, Schedule, parse_schedule, schedule_class
+from trainables.step_rules import STEP_RULES, step_rule_class
 
 # A trial shorter than this cannot warm up, evaluate and decay meaningfully.
 MIN_STEPS = 10
@@ -27,137 +27,24 @@ MIN_STEPS = 10
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
 
-# Optimizers that choose their own step size every step; a trial with one has no planned rates.
-SELF_RATED = ("armijo_sgd", "vsgd")
-
-
 class OptimizerConfig(BaseModel):
-    """The step rule. ``adamw`` and ``sgd`` follow the schedule; the others set or shape their own rate."""
+    """The step rule (``trainables.step_rules``) and the settings the built-in rules read."""
 
     model_config = _STRICT
 
-    name: Literal["adamw", "sgd", "schedule_free_adamw", "schedule_free_sgd", "armijo_sgd", "vsgd"] = "adamw"
+    name: str = Field("adamw", description="a registered step rule (trainables.step_rules.STEP_RULES)")
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
     eps: float = Field(1e-8, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     line_search_start: float = Field(1.0, gt=0, description="armijo_sgd: the first step size tried")
 
-
-class MPLLawConfig(BaseModel):
-    """The Multi-Power Law's parameters for ``mpl_optimal``; a spec names a fit file, the orchestrator fills them in."""
-
-    model_config = _STRICT
-
-    L0: float | None = None
-    A: float | None = Field(None, ge=0)
-    alpha: float | None = Field(None, gt=0)
-    B: float | None = Field(None, ge=0)
-    C: float | None = Field(None, gt=0)
-    beta: float | None = Field(None, gt=0)
-    gamma: float | None = Field(None, gt=0)
-
-    def params(self) -> MPLParams | None:
-        values = self.model_dump()
-        return None if any(v is None for v in values.values()) else MPLParams(**values)
-
-
-class ScheduleConfig(BaseModel):
-    """A learning-rate schedule and its parameters; each parameter names the families that read it."""
-
-    model_config = _STRICT
-
-    name: Literal[
-        "constant",
-        "cosine",
-        "wsd",
-        "two_step",
-        "power",
-        "inverse_power",
-        "one_cycle",
-        "explore_converge",
-        "mpl_optimal",
-    ] = "constant"
-    warmup_frac: float = Field(0.05, ge=0, lt=1, description="all but one_cycle: share of steps warming up")
-    min_lr_frac: float = Field(0.1, ge=0, le=1, description="cosine, wsd (linear, cosine): final rate / peak")
-    decay_frac: float = Field(0.2, gt=0, le=1, description="wsd, power: share of steps decaying")
-    decay_shape: Literal["linear", "cosine", "exp"] = "linear"
-    half_life_frac: float = Field(0.25, gt=0, le=1, description="wsd exp: half-life as a share of the decay")
-    step_frac: float = Field(0.5, gt=0, lt=1, description="two_step: share of steps before the drop")
-    step_factor: float = Field(0.1, gt=0, lt=1, description="two_step: rate after the drop / peak")
-    power_a: float = Field(4.0, gt=0, description="power: a in min(peak, b a n^c)")
-    power_c: float = Field(-0.51, lt=0, description="power: c in min(peak, b a n^c)")
-    decay_exponent: float = Field(0.5, gt=0, le=1, description="inverse_power, explore_converge: beta")
-    decay_timescale_frac: float = Field(0.05, gt=0, le=1, description="inverse_power, explore_converge: t0 / steps")
-    explore_frac: float = Field(0.5, gt=0, lt=1, description="explore_converge: share of steps at the high rate")
-    cycle_rise_frac: float = Field(0.3, gt=0, lt=1, description="one_cycle: share of steps rising")
-    cycle_div: float = Field(25.0, ge=1, description="one_cycle: peak / starting rate")
-    cycle_final_div: float = Field(1e4, ge=1, description="one_cycle: starting rate / final rate")
-    momentum_low: float = Field(0.85, ge=0, lt=1, description="one_cycle: momentum (or beta1) at the peak rate")
-    momentum_high: float = Field(0.95, ge=0, lt=1, description="one_cycle: momentum (or beta1) at both ends")
-    mpl_law: MPLLawConfig = MPLLawConfig()
-
-    @model_validator(mode="after")
-    def _phases_fit(self) -> ScheduleConfig:
-        if self.name in ("wsd", "power") and self.warmup_frac + self.decay_frac > 1:
-            raise ValueError(f"warmup_frac ({self.warmup_frac}) + decay_frac ({self.decay_frac}) must not exceed 1")
-        if self.name == "explore_converge" and self.warmup_frac + self.explore_frac >= 1:
-            raise ValueError(f"warmup_frac ({self.warmup_frac}) + explore_frac ({self.explore_frac}) must be below 1")
-        if self.name == "one_cycle" and self.momentum_low > self.momentum_high:
-            raise ValueError(f"momentum_low ({self.momentum_low}) must not exceed momentum_high ({self.momentum_high})")
-        if self.name == "mpl_optimal" and self.mpl_law.params() is None:
-            missing = [k for k, v in self.mpl_law.model_dump().items() if v is None]
-            raise ValueError(
-                f"mpl_optimal needs the fitted law: set schedule.mpl_fit to a fit file in the spec "
-                f"(missing schedule.mpl_law.{', '.join(missing)})"
-            )
-        return self
-
-    def multipliers(self, total_steps: int, *, peak: float, batch_size: int, tokens_per_step: int) -> np.ndarray:
-        """Planned rate of every step, as a multiple of ``peak``."""
-        step = np.arange(total_steps)
-        n_warmup = schedules.warmup_steps(total_steps, self.warmup_frac)
-        n_decay = max(1, round(self.decay_frac * total_steps))
-        t0 = max(self.decay_timescale_frac * total_steps, 1.0)
-        if self.name == "constant":
-            return schedules.constant(step, total_steps, n_warmup=n_warmup)
-        if self.name == "cosine":
-            return schedules.cosine(step, total_steps, n_warmup=n_warmup, floor=self.min_lr_frac)
-        if self.name == "wsd":
-            return schedules.wsd(
-                step, total_steps, n_warmup=n_warmup, n_decay=n_decay, floor=self.min_lr_frac,
-                shape=self.decay_shape, half_life=self.half_life_frac * n_decay,
-            )  # fmt: skip
-        if self.name == "two_step":
-            n_drop = max(round(self.step_frac * total_steps), n_warmup)
-            return schedules.two_step(step, total_steps, n_warmup=n_warmup, n_drop=n_drop, factor=self.step_factor)
-        if self.name == "power":
-            return schedules.power(
-                step, total_steps, n_warmup=n_warmup, n_decay=n_decay, peak=peak, batch_size=batch_size,
-                tokens_per_step=tokens_per_step, a=self.power_a, c=self.power_c,
-            )  # fmt: skip
-        if self.name == "inverse_power":
-            return schedules.inverse_power(step, total_steps, n_warmup=n_warmup, t0=t0, beta=self.decay_exponent)
-        if self.name == "explore_converge":
-            n_explore = round(self.explore_frac * total_steps)
-            return schedules.explore_converge(
-                step, total_steps, n_warmup=n_warmup, n_explore=n_explore, t0=t0, beta=self.decay_exponent
-            )
-        if self.name == "mpl_optimal":
-            law = self.mpl_law.params()
-            return mpl_optimal_rates(law, total_steps, n_warmup, peak) / peak
-        return schedules.one_cycle(
-            step, total_steps, rise_frac=self.cycle_rise_frac, div=self.cycle_div, final_div=self.cycle_final_div
-        )
-
-    def momenta(self, total_steps: int) -> np.ndarray | None:
-        """Planned momentum (or Adam beta1) of every step, for schedules that cycle it; else None."""
-        if self.name != "one_cycle":
-            return None
-        return schedules.one_cycle_momentum(
-            np.arange(total_steps), total_steps, rise_frac=self.cycle_rise_frac,
-            low=self.momentum_low, high=self.momentum_high,
-        )  # fmt: skip
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in STEP_RULES:
+            raise ValueError(STEP_RULES.unknown(name))
+        return name
 
 
 class SelectionConfig(BaseModel):
@@ -217,7 +104,12 @@ class TrialConfig(BaseModel):
     gns: bool = Field(False, description="report the gradient noise scale (extra backward passes at each report)")
     target_loss: float | None = Field(None, gt=0, description="stop at the first report with val_loss at or below it")
     optimizer: OptimizerConfig = OptimizerConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
+    # The family ``schedule.name`` names, looked up in the registry (so only that family's module is
+    # imported) rather than a pydantic discriminated union, whose errors would sit at
+    # ``schedule.<family>.<setting>`` instead of the flat key.
+    schedule: Annotated[SerializeAsAny[Schedule], PlainValidator(parse_schedule)] = Field(
+        default_factory=lambda: parse_schedule({})
+    )
     selection: SelectionConfig = SelectionConfig()
     patch: PatchConfig = PatchConfig()
     model: ModelConfig = ModelConfig()
@@ -225,7 +117,7 @@ class TrialConfig(BaseModel):
 
     @model_validator(mode="after")
     def _rule_and_schedule_agree(self) -> TrialConfig:
-        if self.optimizer.name not in ("adamw", "sgd") and self.schedule.name != "constant":
+        if not step_rule_class(self.optimizer.name).law_modelled and self.schedule.name != "constant":
             raise ValueError(
                 f"optimizer.name {self.optimizer.name} sets or shapes its own rate; schedule.name must be "
                 f"constant (got {self.schedule.name})"
@@ -282,10 +174,10 @@ class TrialConfig(BaseModel):
     def planned_lrs(self) -> np.ndarray | None:
         """The learning rate of every step, known before training starts; each phase has its own schedule.
 
-        None for optimizers that choose their rate as they go (``SELF_RATED``):
+        None for rules that choose their rate as they go (``chooses_own_rate``):
         they report the rate they used instead.
         """
-        if self.optimizer.name in SELF_RATED:
+        if step_rule_class(self.optimizer.name).chooses_own_rate:
             return None
         per_phase = []
         for patches, steps in zip((self.patch.K, 1), self.phase_steps, strict=True):
@@ -324,8 +216,12 @@ class TrialField:
     choices: tuple[Any, ...] = ()
 
 
+# Flat keys whose values are registered names: their choices are whatever is registered when asked.
+_REGISTERED = {"optimizer.name": STEP_RULES, "schedule.name": SCHEDULES}
+
+
 def trial_fields() -> dict[str, TrialField]:
-    """Every flat key of ``TrialConfig`` with the kind of value it takes."""
+    """Every flat key of ``TrialConfig`` with the kind of value it takes; ``schedule.*``: every registered family's."""
     return dict(_leaf_fields(TrialConfig, ""))
 
 
@@ -333,7 +229,12 @@ def _leaf_fields(cls: type, prefix: str) -> typing.Iterator[tuple[str, TrialFiel
     for name, info in cls.__pydantic_fields__.items():
         key = f"{prefix}{info.alias or name}"
         annotation = info.annotation
-        if hasattr(annotation, "__pydantic_fields__"):
+        if key in _REGISTERED:
+            yield key, TrialField(key, "categorical", tuple(_REGISTERED[key]))
+        elif key == "schedule":
+            for family in SCHEDULES:
+                yield from _leaf_fields(schedule_class(family), f"{key}.")
+        elif hasattr(annotation, "__pydantic_fields__"):
             yield from _leaf_fields(annotation, f"{key}.")
         elif typing.get_origin(annotation) is Literal:
             yield key, TrialField(key, "categorical", typing.get_args(annotation))

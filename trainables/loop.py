@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainables.config import SELF_RATED, TrialConfig
+from trainables.config import TrialConfig
 from trainables.data.prepare import SweepData
 from trainables.model import GPT
 from trainables.noise_scale import NoiseScale, probe
 from trainables.patch import PatchBatcher, patch_loss
-from trainables.step_rules import StepRule, build_step_rule
+from trainables.step_rules import StepRule, build_step_rule, step_rule_class
 from trainables.workers import Workers
 
 ALONE = Workers()
@@ -256,7 +256,7 @@ def _measure_noise(noise: NoiseScale, model: GPT, window: torch.Tensor, patch_si
 def _check_workers(cfg: TrialConfig, workers: Workers) -> None:
     if not workers.distributed:
         return
-    if cfg.optimizer.name in SELF_RATED:
+    if step_rule_class(cfg.optimizer.name).single_worker_only:
         raise ValueError(
             f"optimizer.name {cfg.optimizer.name} chooses its rate from the loss and runs on one worker only; "
             f"got {workers.world_size} workers"

@@ -1,9 +1,12 @@
-"""The Tune trainables: one trial of a sweep, on one worker or under Ray Train on several."""
+"""The Tune trainables of an LM sweep: one trial, on one worker or under Ray Train on several.
+
+A searcher that runs trials of its own supplies their function through its sweep hooks instead
+(``SweepHooks.trial_function``). See ``docs/architecture.md``.
+"""
 
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import pyarrow.fs
@@ -16,11 +19,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from trainables.config import TrialConfig
 from trainables.data.prepare import SweepData
-from trainables.hypergrad.fixed_point import FixedPointOverflow
-from trainables.hypergrad.hyperparameters import Hyperparameters
-from trainables.hypergrad.reversal import CONFIG_PREFIX
-from trainables.hypergrad.tasks import lm_meta_iteration
-from trainables.loop import DIVERGED, train_lm
+from trainables.loop import train_lm
 from trainables.train_worker import load_run, quiet_checkpoints, report_run, train_worker
 
 
@@ -32,7 +31,7 @@ def lm_trial(config: dict[str, Any], data: SweepData) -> None:
     restarts goes on from its last checkpoint.
     """
     quiet_checkpoints()
-    _use_reserved_cpus()
+    use_reserved_cpus()
     train_lm(
         TrialConfig.from_flat(config),
         data,
@@ -42,8 +41,8 @@ def lm_trial(config: dict[str, Any], data: SweepData) -> None:
     )
 
 
-def _use_reserved_cpus() -> None:
-    # One intra-op thread per reserved CPU, so concurrent trials do not oversubscribe the node.
+def use_reserved_cpus() -> None:
+    """One intra-op thread per CPU the trial reserved, so concurrent trials do not oversubscribe the node."""
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     torch.set_num_threads(max(1, int(cpus)))
 
@@ -82,15 +81,3 @@ def lm_trial_distributed(
         ),
     )
     trainer.fit()
-
-
-def hypergrad_trial(config: dict[str, Any], data: SweepData) -> None:
-    """One meta-iteration of the ``hypergrad`` searcher: train the LM reversibly, reverse, report hypergradients."""
-    _use_reserved_cpus()
-    hyper = {k.removeprefix(CONFIG_PREFIX): v for k, v in config.items() if k.startswith(CONFIG_PREFIX)}
-    cfg = TrialConfig.from_flat({k: v for k, v in config.items() if not k.startswith(CONFIG_PREFIX)})
-    try:
-        report = lm_meta_iteration(cfg, data, Hyperparameters.from_dict(hyper))
-    except FixedPointOverflow:  # the weights left the fixed-point range: the rates are too high
-        report = {DIVERGED: 1.0, "val_loss": math.nan, "step": 0.0, "compute": 0.0}
-    tune.report(report)

@@ -9,8 +9,8 @@ takes through the model (``patch_loss`` reaches past ``forward``, which a
 sums are reduced the same way, so a trial reports the same numbers on any
 number of workers, up to the order of floating-point sums.
 
-Step rules that choose their own rate from the loss (``SELF_RATED``) would
-choose differently on each worker's rows: they run on one worker only.
+Step rules that choose their own rate from the loss would choose differently
+on each worker's rows: they run on one worker only (``single_worker_only``).
 """
 
 from __future__ import annotations

@@ -1,20 +1,8 @@
-"""The Multi-Power Law of loss curves (Luo et al. 2025, arXiv 2503.12811).
+"""The Multi-Power Law of loss curves (Luo et al. 2025, arXiv 2503.12811), vectorised over steps.
 
-Given the learning rate of every step, the law predicts the loss after step t:
-
-    L(t) = L0 + A * (S1(t) + S_W)^(-alpha) - LD(t)
-    LD(t) = B * sum_k (eta_{k-1} - eta_k) * G(eta_k^(-gamma) * S_k(t)),   G(x) = 1 - (C x + 1)^(-beta)
-
-with S_W the area under the learning rate during warmup, S1(t) the area from
-the end of warmup to step t, and S_k(t) the area from step k to step t. Warmup
-ends where the rate first reaches its maximum; only decreases after it count
-in LD (a rise adds nothing).
-
-It lives with the trainables because a schedule (``mpl_optimal``) is built
-from it inside trials; fitting it to curves is the orchestrator's job.
-
-Everything is vectorised over steps; with decreases at every step (a cosine)
-a prediction at n points of a T-step run costs O(n T).
+It predicts the loss after every step from the learning rate of every step; it lives with the
+trainables because the ``mpl_optimal`` schedule is built from it inside trials, while fitting it to
+curves is the orchestrator's job. See docs/schedules.md.
 """
 
 from __future__ import annotations
@@ -98,6 +86,15 @@ def schedule_terms(lrs: np.ndarray, steps: np.ndarray) -> ScheduleTerms:
 
 def mpl_predict(params: MPLParams, lrs: np.ndarray, steps: np.ndarray) -> np.ndarray:
     """Predicted loss after each of ``steps`` (1-based) of a run with per-step rates ``lrs``.
+
+        L(t) = L0 + A * (S1(t) + S_W)^(-alpha) - LD(t)
+        LD(t) = B * sum_k (eta_{k-1} - eta_k) * G(eta_k^(-gamma) * S_k(t)),   G(x) = 1 - (C x + 1)^(-beta)
+
+    with S_W the area under the learning rate during warmup, S1(t) the area from
+    the end of warmup to step t, and S_k(t) the area from step k to step t. Warmup
+    ends where the rate first reaches its maximum; only decreases after it count
+    in LD (a rise adds nothing). With decreases at every step (a cosine) a
+    prediction at n points of a T-step run costs O(n T).
 
     Example:
         >>> p = MPLParams(L0=2.0, A=1.0, alpha=0.5, B=100.0, C=2.0, beta=0.5, gamma=0.5)

@@ -1,24 +1,22 @@
-"""SGD with an Armijo line search on each minibatch (Vaswani et al. 2019, arXiv 1905.09997).
+"""``armijo_sgd``: SGD with an Armijo line search on each minibatch (Vaswani et al. 2019, arXiv 1905.09997).
 
-Each step starts from the previous step size, grown by ``growth`` ** (1 /
-``batches_per_epoch``) (so at most by ``growth`` over an epoch), and
-backtracks on the same minibatch until
-
-    f(w - eta g) <= f(w) - c * eta * |g|^2,
-
-multiplying eta by ``backtrack`` after each failure (defaults c = 0.1,
-backtrack = 0.9, growth = 2, as in the authors' ``sls`` code and as analysed
-by Tsukada and Iiduka, arXiv 2307.13831). If no step size passes within
-``max_tries``, it takes a step of ``fallback`` and carries on from there.
+Each trial step size costs a forward pass, a third of a training step. See docs/schedules.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 from torch.optim import Optimizer
+
+from trainables.step_rules.base import FORWARD_COST, LossFn, StepRule, trained_parameters
+
+if TYPE_CHECKING:
+    from trainables.config import TrialConfig
 
 
 @dataclass(frozen=True)
@@ -37,6 +35,13 @@ class LineSearchStep:
 
 class ArmijoSGD(Optimizer):
     """Stochastic line-search SGD.
+
+    Each step starts from the previous step size, grown by ``growth`` ** (1 /
+    ``batches_per_epoch``) (so at most by ``growth`` over an epoch), and
+    backtracks on the same minibatch until f(w - eta g) <= f(w) - c * eta * |g|^2,
+    multiplying eta by ``backtrack`` after each failure (defaults as in the
+    authors' ``sls`` code). If no step size passes within ``max_tries``, it
+    takes a step of ``fallback`` and carries on from there.
 
     ``step(closure)`` needs a closure that computes the minibatch loss at the
     current weights (no backward); it runs the backward itself and evaluates
@@ -109,3 +114,30 @@ class ArmijoSGD(Optimizer):
 def _move(params: list[torch.Tensor], start: list[torch.Tensor], grads: list[torch.Tensor], eta: float) -> None:
     for p, p0, g in zip(params, start, grads, strict=True):
         p.copy_(p0).add_(g, alpha=-eta)
+
+
+class ArmijoRule(StepRule):
+    """``ArmijoSGD`` on all trained weights, without weight decay or clipping: its rate comes from the loss alone."""
+
+    chooses_own_rate = True
+    single_worker_only = True
+    extra_compute_per_step = FORWARD_COST  # at least one trial step's forward pass
+
+    @classmethod
+    def build(cls, model: nn.Module, cfg: TrialConfig, *, steps: int, batches_per_epoch: int) -> ArmijoRule:
+        optimizer = ArmijoSGD(
+            trained_parameters(model), lr=cfg.optimizer.line_search_start, batches_per_epoch=batches_per_epoch
+        )
+        return cls(optimizer, model, 0.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "step_size": self.optimizer.step_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.optimizer.step_size = state["step_size"]
+
+    def step(self, loss_fn: LossFn, lr: float, momentum: float | None = None) -> tuple[float, float, float]:
+        self.optimizer.step(loss_fn)
+        found = self.optimizer.last
+        return found.loss, found.step_size, 1.0 + FORWARD_COST * (found.evaluations - 1)

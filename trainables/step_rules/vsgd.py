@@ -1,36 +1,43 @@
-"""vSGD: per-parameter rates from running gradient and curvature estimates.
+"""``vsgd``: per-parameter rates from running gradient and curvature estimates; two gradients a step.
 
-Schaul, Zhang and LeCun 2012 ("No more pesky learning rates", arXiv
-1206.1106), with the finite-difference curvature of Schaul and LeCun 2013
-(arXiv 1301.3764), which needs no second-order backpropagation. For every
-parameter i, with memory tau_i:
-
-    g_bar <- (1 - 1/tau) g_bar + g / tau,     v_bar <- (1 - 1/tau) v_bar + g^2 / tau
-    h_bar <- (1 - 1/tau) h_bar + h / tau,     vh_bar <- (1 - 1/tau) vh_bar + h^2 / tau
-    eta   = (g_bar^2 / v_bar) * (h_bar / vh_bar)
-    tau  <- (1 - g_bar^2 / v_bar) tau + 1
-    w    <- w - eta g
-
-where h = |g(w + d) - g(w)| / |d| is a finite difference of the gradient on
-the same minibatch along d = g_bar (the first step: d = g); h_bar / vh_bar is
-the 2013 paper's conservative stand-in for 1 / h_bar. Each minibatch's
-gradient counts as one sample. A sample more than ``outlier_sigmas``
-standard deviations from its running mean (in g or in h) lengthens that
-parameter's memory by one first, so it weighs less. Slow start: the first
-sample sets the averages, with v_bar and vh_bar inflated by ``slow_start``
-and tau = 2, so the first steps are small. Each step costs two gradients.
+Schaul, Zhang and LeCun 2012, arXiv 1206.1106, with the finite-difference curvature of Schaul and
+LeCun 2013, arXiv 1301.3764. See docs/schedules.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 from torch.optim import Optimizer
+
+from trainables.step_rules.base import LossFn, StepRule, trained_parameters
+
+if TYPE_CHECKING:
+    from trainables.config import TrialConfig
 
 
 class VSGD(Optimizer):
-    """vSGD with finite-difference curvature (see the module docstring).
+    """vSGD with finite-difference curvature, which needs no second-order backpropagation.
+
+    For every parameter i, with memory tau_i:
+
+        g_bar <- (1 - 1/tau) g_bar + g / tau,     v_bar <- (1 - 1/tau) v_bar + g^2 / tau
+        h_bar <- (1 - 1/tau) h_bar + h / tau,     vh_bar <- (1 - 1/tau) vh_bar + h^2 / tau
+        eta   = (g_bar^2 / v_bar) * (h_bar / vh_bar)
+        tau  <- (1 - g_bar^2 / v_bar) tau + 1
+        w    <- w - eta g
+
+    where h = |g(w + d) - g(w)| / |d| is a finite difference of the gradient on
+    the same minibatch along d = g_bar (the first step: d = g); h_bar / vh_bar is
+    the 2013 paper's conservative stand-in for 1 / h_bar. Each minibatch's
+    gradient counts as one sample. A sample more than ``outlier_sigmas``
+    standard deviations from its running mean (in g or in h) lengthens that
+    parameter's memory by one first, so it weighs less. Slow start: the first
+    sample sets the averages, with v_bar and vh_bar inflated by ``slow_start``
+    and tau = 2, so the first steps are small. Each step costs two gradients.
 
     ``step(closure)`` needs a closure that computes the minibatch loss at the
     current weights (no backward); it is evaluated twice, at w and at w + d.
@@ -106,3 +113,19 @@ class VSGD(Optimizer):
         eta = ratio * state["h_bar"] / (state["vh_bar"] + eps)
         state["tau"].mul_(1 - ratio).add_(1.0)
         return eta
+
+
+class VSGDRule(StepRule):
+    """``VSGD`` on all trained weights, without weight decay or clipping: its rates come from the gradients alone."""
+
+    chooses_own_rate = True
+    single_worker_only = True
+    extra_compute_per_step = 1.0  # the second gradient, at w + d
+
+    @classmethod
+    def build(cls, model: nn.Module, cfg: TrialConfig, *, steps: int, batches_per_epoch: int) -> VSGDRule:
+        return cls(VSGD(trained_parameters(model)), model, 0.0)
+
+    def step(self, loss_fn: LossFn, lr: float, momentum: float | None = None) -> tuple[float, float, float]:
+        loss = self.optimizer.step(loss_fn)
+        return loss.item(), self.optimizer.last_rate, self.min_cost

@@ -157,7 +157,7 @@ def test_a_spec_names_its_prior_and_bad_priors_are_refused(tmp_path: Path) -> No
     for scheduler, expected in (
         ({"name": "mpl", "prior": str(tmp_path / "missing.json")}, "missing.json: no such fit file"),
         ({"name": "mpl", "prior": str(per_trial)}, "per_trial.json fits L0 per curve"),
-        ({"name": "asha", "prior": str(good)}, "only the mpl scheduler takes a prior (this one is asha)"),
+        ({"name": "asha", "prior": str(good)}, "scheduler.prior: not a setting of asha"),
     ):
         with pytest.raises(SpecError) as caught:
             parse_spec(tiny_spec(scheduler=scheduler))

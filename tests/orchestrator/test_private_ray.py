@@ -20,6 +20,8 @@ from ray.cluster_utils import Cluster
 
 from tests.conftest import effsweep, tiny_spec, write_spec
 
+pytestmark = pytest.mark.slow  # a Ray cluster beside whole sweeps
+
 
 @pytest.fixture(scope="module")
 def other_cluster() -> Iterator[Cluster]:

@@ -25,6 +25,8 @@ from playwright.sync_api import Page, expect, sync_playwright
 from orchestrator.ui import free_port
 from tests.conftest import EFFSWEEP, REPO, Sweep
 
+pytestmark = pytest.mark.slow  # the MLflow server and a browser
+
 # Chromium flags for a machine without display or outside network.
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -9,8 +9,11 @@ import optuna
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from orchestrator.searchers import GridSearcher, build_searcher
+from orchestrator.schedulers import build_scheduler
+from orchestrator.searchers import build_searcher
+from orchestrator.searchers.grid import GridSearcher
 from orchestrator.spec import parse_spec
 from search_spaces.build import DefineByRunSpace, Knob, grid_points
 from tests.conftest import tiny_spec
@@ -77,8 +80,18 @@ def test_grid_searcher_suggests_each_point_once_and_resumes(tmp_path: Path) -> N
 @pytest.mark.parametrize("name", ["random", "tpe", "grid"])
 def test_each_searcher_is_built_from_a_spec(name: str) -> None:
     search = {"schedule.name": {"choice": ["cosine", "wsd"]}, "batch_size": {"choice": [8, 16]}}
-    spec = parse_spec(tiny_spec(searcher={"name": name, "seed": 1}, search=search, trials=None))
+    seed = {} if name == "grid" else {"seed": 1}  # the grid draws nothing
+    spec = parse_spec(tiny_spec(searcher={"name": name, **seed}, search=search, trials=None))
     searcher = build_searcher(spec)
     assert searcher.metric == "val_loss" and searcher.mode == "min"
     if name == "grid":
         assert spec.trials == 4
+
+
+def test_fifo_and_asha_are_built_from_a_spec(tmp_path: Path) -> None:
+    fifo = parse_spec(tiny_spec(scheduler="fifo"))
+    assert type(build_scheduler(fifo, tmp_path)) is FIFOScheduler
+    asha = parse_spec(tiny_spec(scheduler={"name": "asha", "grace_fraction": 0.5, "reduction_factor": 2}))
+    built = build_scheduler(asha, tmp_path)
+    assert isinstance(built, ASHAScheduler) and built._time_attr == "compute"
+    assert built._max_t == 40960 and built._reduction_factor == 2

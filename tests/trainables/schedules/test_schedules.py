@@ -8,15 +8,17 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from trainables import schedules
-from trainables.config import ScheduleConfig, TrialConfig
+from trainables.config import TrialConfig
+from trainables.schedules import parse_schedule
+from trainables.schedules.power import power
+from trainables.schedules.wsd import wsd
 
 TOTAL = 200
 FAMILIES = ("constant", "cosine", "wsd", "two_step", "power", "inverse_power", "one_cycle", "explore_converge")
 
 
 def _lrs(**params: object) -> np.ndarray:
-    return ScheduleConfig(**params).multipliers(TOTAL, peak=3e-3, batch_size=16, tokens_per_step=2048)
+    return parse_schedule(params).multipliers(TOTAL, peak=3e-3, batch_size=16, tokens_per_step=2048)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -67,8 +69,8 @@ def test_wsd_exponential_decay_halves_every_half_life() -> None:
 
 
 def test_wsd_decay_shapes_differ_in_the_middle() -> None:
-    linear = schedules.wsd(np.arange(100), 100, n_warmup=0, n_decay=50, floor=0.0, shape="linear", half_life=1)
-    cosine = schedules.wsd(np.arange(100), 100, n_warmup=0, n_decay=50, floor=0.0, shape="cosine", half_life=1)
+    linear = wsd(np.arange(100), 100, n_warmup=0, n_decay=50, floor=0.0, shape="linear", half_life=1)
+    cosine = wsd(np.arange(100), 100, n_warmup=0, n_decay=50, floor=0.0, shape="cosine", half_life=1)
     assert cosine[60] > linear[60] and cosine[90] < linear[90]
 
 
@@ -81,7 +83,7 @@ def test_two_step_drops_once_to_its_factor() -> None:
 def test_power_scheduler_follows_b_a_n_to_the_c() -> None:
     step = np.arange(1000)
     tokens_per_step, batch, peak = 128, 1, 0.05
-    lrs = schedules.power(
+    lrs = power(
         step, 1000, n_warmup=0, n_decay=100, peak=peak, batch_size=batch, tokens_per_step=tokens_per_step, a=4, c=-0.51
     )
     n = (step + 1) * tokens_per_step
@@ -94,7 +96,7 @@ def test_power_scheduler_follows_b_a_n_to_the_c() -> None:
 
 
 def test_power_warmup_ramps_to_the_power_value() -> None:
-    lrs = schedules.power(
+    lrs = power(
         np.arange(100), 100, n_warmup=10, n_decay=10, peak=0.05, batch_size=1, tokens_per_step=4096, a=4, c=-0.51
     )
     target = min(1.0, 4 * (10 * 4096) ** -0.51 / 0.05)
@@ -116,7 +118,7 @@ def test_explore_then_converge() -> None:
 
 
 def test_one_cycle_rate_and_momentum() -> None:
-    cfg = ScheduleConfig(name="one_cycle", cycle_rise_frac=0.3, cycle_div=25, cycle_final_div=1e4)
+    cfg = parse_schedule({"name": "one_cycle", "cycle_rise_frac": 0.3, "cycle_div": 25, "cycle_final_div": 1e4})
     lrs = cfg.multipliers(TOTAL, peak=3e-3, batch_size=16, tokens_per_step=2048)
     momenta = cfg.momenta(TOTAL)
     top = int(np.argmax(lrs))
@@ -126,7 +128,7 @@ def test_one_cycle_rate_and_momentum() -> None:
     assert (
         momenta[0] == pytest.approx(0.95) and momenta[top] == pytest.approx(0.85) and momenta[-1] == pytest.approx(0.95)
     )
-    assert ScheduleConfig(name="cosine").momenta(TOTAL) is None
+    assert parse_schedule({"name": "cosine"}).momenta(TOTAL) is None
 
 
 def test_planned_rates_scale_with_the_peak_and_cover_every_step() -> None:
@@ -154,11 +156,13 @@ def test_rules_that_set_their_own_rate_have_no_plan() -> None:
         ),
         ({"name": "explore_converge", "warmup_frac": 0.5, "explore_frac": 0.5}, "must be below 1"),
         ({"name": "one_cycle", "momentum_low": 0.99, "momentum_high": 0.9}, "momentum_low (0.99) must not exceed"),
-        ({"decay_exponent": 1.5}, "decay_exponent"),
-        ({"power_c": 0.5}, "power_c"),
-        ({"decay_shape": "step"}, "decay_shape"),
+        ({"name": "inverse_power", "decay_exponent": 1.5}, "decay_exponent"),
+        ({"name": "power", "power_c": 0.5}, "power_c"),
+        ({"name": "wsd", "decay_shape": "step"}, "decay_shape"),
+        ({"name": "cosine", "step_frac": 0.5}, "step_frac\n  Value error, not a setting of cosine"),
+        ({"decay_frac": 0.5}, "decay_frac\n  Value error, not a setting of constant"),
     ],
 )
 def test_invalid_schedule_parameters_are_named(params: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=re.escape(message)):
-        ScheduleConfig(**params)
+        parse_schedule(params)

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import pandas as pd
 import pytest
 import yaml
+from matplotlib.axes import Axes
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from ray import tune
 
 from orchestrator.cli.main import main
 from orchestrator.mlflow_runs import TRIAL_ID_TAG
 from orchestrator.run_writer import STATUS_TAG
-from orchestrator.spec import parse_spec
+from orchestrator.schedulers import SCHEDULERS
+from orchestrator.schedulers.fifo import FIFOSettings
+from orchestrator.spec import SweepSpec, parse_spec
 from orchestrator.sweep import SweepOutcome, run_sweep
+from orchestrator.sweep_hooks import MetricFeed, SweepEnd, SweepHooks, TrialMetrics, active_hooks
 from tests.conftest import REPO, Sweep, effsweep, tiny_spec, write_spec
 from trainables.loop import OBJECTIVE, REPORTED_METRICS
 
@@ -259,3 +265,98 @@ def test_the_joint_space_runs_with_tpe_and_conditional_knobs(local_ray: None, tm
         assert ("patch.lambda" in config) == (config["patch.K"] != 1)
         schedule_knob = "schedule.name" in config and config["optimizer.name"] == "adamw"
         assert schedule_knob == (config["optimizer.name"] == "adamw")
+
+
+def test_the_hooks_a_spec_turns_on() -> None:
+    def names(**sections: Any) -> list[str]:
+        return [type(hooks).__name__ for hooks in active_hooks(parse_spec(tiny_spec(**sections)))]
+
+    assert names() == []
+    assert names(scheduler="mpl") == ["PredictionHooks"]
+    assert names(train={"target_loss": 5.0}) == ["OutpacedHooks"]  # batch_size is searched: a race to the target
+    assert names(train={"target_loss": 5.0}, search={"peak_lr": {"choice": [1e-3]}}) == []
+
+
+class HalfwayStopper(tune.Stopper):
+    """Stops each trial at step 40 (of 80) and notes it in ``path``, one JSON line per stop."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        if result.get("step", 0) < 40:
+            return False
+        line = {"trial_id": trial_id, "step": int(result["step"]), "metrics": {"hooked_stop": result["step"]}}
+        with open(self.path, "a") as file:
+            file.write(json.dumps(line) + "\n")
+        return True
+
+    def stop_all(self) -> bool:
+        return False
+
+
+class StopFeed:
+    """The stopper's notes as metrics for the trials' runs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.seen = path, 0
+
+    def new(self) -> list[TrialMetrics]:
+        lines = self.path.read_text().splitlines() if self.path.is_file() else []
+        fresh, self.seen = lines[self.seen :], len(lines)
+        return [TrialMetrics(**json.loads(line)) for line in fresh]
+
+
+def _note_mark(path: Path, ax: Axes, trial_id: str) -> None:
+    with open(path, "a") as file:
+        file.write(trial_id + "\n")
+
+
+class NotingHooks(SweepHooks):
+    """A feature from a test module: a stopper, a metric feed, marks on the trials' curves, a parent-run file."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @classmethod
+    def for_spec(cls, spec: SweepSpec) -> NotingHooks:
+        return cls(spec.output_dir.resolve())
+
+    def stoppers(self) -> list[tune.Stopper]:
+        return [HalfwayStopper(self.folder / "stops.jsonl")]
+
+    def metric_feeds(self, sweep_dir: Path) -> list[MetricFeed]:
+        return [StopFeed(sweep_dir / "stops.jsonl")]
+
+    def trial_marks(self, end: SweepEnd) -> functools.partial[None]:
+        return functools.partial(_note_mark, end.layout.root / "marked.txt")
+
+    def sweep_artifacts(self, end: SweepEnd) -> list[Path]:
+        path = end.layout.results_dir / "hooked.txt"
+        path.write_text(f"{len(end.results.trials)} trials\n")
+        return [path]
+
+
+class NotingSettings(FIFOSettings):
+    """``scheduler: noting``: FIFO scheduling, with the hooks above."""
+
+    name: Literal["noting"] = "noting"  # type: ignore[assignment]
+    hooks: ClassVar[str | None] = f"{__name__}:NotingHooks"
+
+
+def test_hooks_registered_from_a_test_module_extend_a_real_sweep(
+    local_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(SCHEDULERS, "_implementations", dict(SCHEDULERS._implementations))
+    SCHEDULERS.register("noting", f"{__name__}:NotingSettings")
+    outcome, client, runs = _grid_sweep(
+        tmp_path, "hooked", {"peak_lr": {"choice": [3e-3]}}, train={"eval_every": 20, "batch_size": 8},
+        scheduler="noting",
+    )  # fmt: skip
+    (trial,) = outcome.results.trials.itertuples()
+    assert trial.status == "pruned" and trial.step == 40  # the hook's stopper ended it halfway
+    history = client.get_metric_history(runs["0.003"].info.run_id, "hooked_stop")
+    assert [(m.step, m.value) for m in history] == [(40, 40.0)]  # the hook's feed, at its step
+    assert (outcome.layout.root / "marked.txt").read_text() == f"{trial.trial_id}\n"
+    assert "hooked.txt" in {a.path for a in client.list_artifacts(outcome.record.parent_run_id)}
+    assert (outcome.layout.results_dir / "hooked.txt").read_text() == "1 trials\n"

@@ -97,6 +97,7 @@ def _written(folders: tuple[Path, ...]) -> dict[Path, int]:
     return {path: path.stat().st_mtime_ns for folder in folders for path in folder.rglob("*") if path.is_file()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", BENCHMARKS)
 def test_smoke_run_prints_the_full_runs_keys(script: str) -> None:
     arguments, keys = BENCHMARKS[script]
@@ -116,5 +117,6 @@ def test_smoke_run_prints_the_full_runs_keys(script: str) -> None:
 
 
 def test_every_benchmark_script_has_a_smoke_run_here() -> None:
-    scripts = {path.stem for path in (REPO / "benchmarks").glob("*.py")} - {"corpora", "smoke"}
+    helpers = {"corpora", "smoke", "replay"}  # imported by the benchmarks, not run
+    scripts = {path.stem for path in (REPO / "benchmarks").glob("*.py")} - helpers
     assert scripts == set(BENCHMARKS)

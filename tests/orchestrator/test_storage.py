@@ -17,6 +17,8 @@ from orchestrator.storage import TrialStorage
 from orchestrator.sweep import run_sweep
 from tests.conftest import tiny_spec
 
+pytestmark = pytest.mark.slow  # an S3 server and whole sweeps
+
 
 def test_storage_is_the_sweep_directory_unless_given(tmp_path: Path) -> None:
     assert TrialStorage.resolve(None, tmp_path / "tune") == TrialStorage(str(tmp_path / "tune"))

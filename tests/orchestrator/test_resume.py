@@ -18,6 +18,8 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.layout import SweepLayout, SweepRecord
 
+pytestmark = pytest.mark.slow  # whole sweeps killed and resumed
+
 
 @pytest.mark.parametrize(("scheduler", "trials"), [("asha", 6), ("mpl", 5)])
 def test_a_sweep_killed_at_every_risky_moment_resumes_as_if_never_killed(

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import itertools
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal
 
 import pytest
-from pydantic import BaseModel
+from ray.tune.search import Searcher
 
 from orchestrator.cli.main import main
-from orchestrator.spec import (
-    SCHEDULER_SETTINGS,
-    SEARCHER_SETTINGS,
-    SchedulerSection,
-    SearcherSection,
-    SpecError,
-    load_spec,
-    parse_spec,
-)
+from orchestrator.schedulers import SCHEDULERS
+from orchestrator.searchers import SEARCHERS, build_searcher
+from orchestrator.searchers.grid import GridSearcher
+from orchestrator.spec import SearcherSection, SpecContext, SpecError, SweepSpec, load_spec, parse_spec
+from orchestrator.spec.train_keys import TRAIN_KEYS
+from search_spaces.build import Knob
 from tests.conftest import REPO, tiny_spec, write_spec
+from trainables.registry import Registry
 
 SHIPPED = sorted((REPO / "search_spaces").glob("*.yaml"))
 
@@ -79,23 +77,108 @@ def test_summary_holds_only_the_settings_of_the_chosen_searcher_and_scheduler() 
     }  # fmt: skip
 
 
-def test_spec_hash_follows_used_settings_only() -> None:
+def test_spec_hash_follows_the_settings_of_the_chosen_algorithms() -> None:
     asha = {"name": "asha", "grace_fraction": 0.2}
     base = parse_spec(tiny_spec(scheduler=asha)).spec_hash()
-    assert parse_spec(tiny_spec(scheduler={**asha, "margin": 0.05, "z": 2.0})).spec_hash() == base
+    assert parse_spec(tiny_spec(scheduler={**asha, "reduction_factor": 3.0})).spec_hash() == base  # the default
     assert parse_spec(tiny_spec(scheduler={**asha, "grace_fraction": 0.3})).spec_hash() != base
-    assert parse_spec(tiny_spec(scheduler={**asha, "name": "mpl"})).spec_hash() != base
-    random = parse_spec(tiny_spec(searcher={"name": "random", "n_startup_trials": 4})).spec_hash()
-    assert random == parse_spec(tiny_spec(searcher={"name": "random"})).spec_hash()
+    assert parse_spec(tiny_spec(scheduler="mpl")).spec_hash() != base
+    random = parse_spec(tiny_spec(searcher={"name": "random"})).spec_hash()
+    assert random == parse_spec(tiny_spec(searcher="random")).spec_hash()
     assert random != parse_spec(tiny_spec(searcher={"name": "random", "seed": 1})).spec_hash()
 
 
+@pytest.mark.parametrize("registry", [SEARCHERS, SCHEDULERS], ids=["searchers", "schedulers"])
+def test_every_registered_algorithm_reads_its_own_section(registry: Registry) -> None:
+    for name in registry:
+        settings = registry.load(name)
+        assert issubclass(settings, registry.base) and settings().name == name
+        assert settings.model_fields["name"].annotation == Literal[name]
+
+
+STRAYS = {
+    "scheduler": ({"name": "mpl", "grace_fraction": 0.5}, "scheduler.grace_fraction: not a setting of mpl"),
+    "default scheduler": ({"margin": 0.1}, "scheduler.margin: not a setting of fifo"),
+    "searcher": ({"name": "random", "n_startup_trials": 4}, "searcher.n_startup_trials: not a setting of random"),
+    "grid": ({"name": "grid", "seed": 1}, "searcher.seed: not a setting of grid"),
+}
+
+
+@pytest.mark.parametrize("section_value, expected", STRAYS.values(), ids=STRAYS.keys())
+def test_a_setting_the_chosen_algorithm_does_not_read_is_an_error(section_value: dict, expected: str) -> None:
+    section = expected.split(".")[0]
+    with pytest.raises(SpecError) as caught:
+        parse_spec(tiny_spec(**{section: section_value}))
+    assert caught.value.problems[0] == expected
+
+
 @pytest.mark.parametrize(
-    ("section", "settings"), [(SearcherSection, SEARCHER_SETTINGS), (SchedulerSection, SCHEDULER_SETTINGS)]
+    "section, value, expected",
+    [
+        ("searcher", "bayes", "searcher.name: unknown searcher 'bayes'; known: random, grid, tpe, hypergrad"),
+        ("scheduler", {"name": "pbt"}, "scheduler.name: unknown scheduler 'pbt'; known: fifo, asha, mpl"),
+        ("scheduler", {"name": 3}, "scheduler.name: unknown scheduler 3; known: fifo, asha, mpl"),
+        ("scheduler", ["asha"], "scheduler: must be a mapping, got ['asha']"),
+    ],
 )
-def test_every_algorithm_and_setting_is_mapped(section: type[BaseModel], settings: dict[str, tuple[str, ...]]) -> None:
-    assert set(settings) == set(get_args(section.model_fields["name"].annotation))
-    assert {"name", *itertools.chain(*settings.values())} == set(section.model_fields)
+def test_an_unknown_algorithm_lists_the_known_ones(section: str, value: Any, expected: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(tiny_spec(**{section: value}))
+    assert caught.value.problems == [expected]
+
+
+class FirstValuesSettings(SearcherSection):
+    """A searcher from outside effsweep: one trial at every knob's first choice."""
+
+    name: Literal["first_values"] = "first_values"
+    repeats: int = 1
+
+    def trial_count(self, requested: int | None, knobs: Sequence[Knob], problems: list[str]) -> int:
+        return self.repeats
+
+    def check(self, context: SpecContext, problems: list[str]) -> None:
+        problems += [f"search.{k.name}: first_values takes choices" for k in context.knobs if k.kind != "choice"]
+
+    def build(self, spec: SweepSpec) -> Searcher:
+        return GridSearcher([{k.name: k.values[0] for k in spec.knobs}] * self.repeats)
+
+
+@pytest.fixture
+def first_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A registry never forgets a name; this one is forgotten with the test's copy of the registrations.
+    monkeypatch.setattr(SEARCHERS, "_implementations", dict(SEARCHERS._implementations))
+    SEARCHERS.register("first_values", f"{__name__}:FirstValuesSettings")
+
+
+@pytest.mark.usefixtures("first_values")
+def test_a_searcher_registered_elsewhere_reads_and_checks_its_section() -> None:
+    search = {"batch_size": {"choice": [8, 16]}}
+    spec = parse_spec(tiny_spec(searcher={"name": "first_values", "repeats": 2}, search=search, trials=None))
+    assert isinstance(spec.searcher, FirstValuesSettings) and spec.trials == 2
+    assert spec.summary()["searcher.repeats"] == 2
+    assert build_searcher(spec).suggest("t1") == {"batch_size": 8}
+    with pytest.raises(SpecError) as caught:
+        parse_spec(tiny_spec(searcher={"name": "first_values", "seed": 0}))
+    assert caught.value.problems == [
+        "searcher.seed: not a setting of first_values",
+        "search.peak_lr: first_values takes choices",
+        "search.schedule.decay_frac: first_values takes choices",
+    ]
+
+
+def _half_rate(value: Any) -> dict[str, float]:
+    if not isinstance(value, float):
+        raise ValueError(f"must be a rate, got {value!r}")
+    return {"peak_lr": value / 2}
+
+
+def test_a_train_key_is_read_into_the_trial_keys_it_stands_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(TRAIN_KEYS, "double_rate", f"{__name__}:_half_rate")
+    search = {"batch_size": {"choice": [8, 16]}}
+    assert parse_spec(tiny_spec(train={"double_rate": 0.02}, search=search)).fixed_config()["peak_lr"] == 0.01
+    with pytest.raises(SpecError) as caught:
+        parse_spec(tiny_spec(train={"double_rate": "fast"}, search=search))
+    assert caught.value.problems == ["train.double_rate: must be a rate, got 'fast'"]
 
 
 def _with(section: str, value: Any) -> dict[str, Any]:
@@ -137,7 +220,7 @@ BAD_SPECS = {
     "missing budget": (tiny_spec(budget=None), "budget: required section is missing"),
     "self-rated rule on two workers": (
         tiny_spec(resources={"workers": 2}, search={"optimizer.name": {"choice": ["adamw", "vsgd"]}}),
-        "search.optimizer.name: vsgd chooses its rate from the loss and runs on one worker, not 2",
+        "search.optimizer.name: vsgd steps on the batch's own rows, so it runs on one worker, not 2",
     ),
     "batch not divisible among workers": (
         tiny_spec(resources={"workers": 3}),
@@ -145,7 +228,6 @@ BAD_SPECS = {
     ),
     "negative budget": (_with("budget", {"compute": -5}), "budget.compute: Input should be greater than 0"),
     "heads do not divide": (_with("model", {"size": "tiny", "n_head": 3}), "model: d_model (64) must be divisible"),
-    "unknown searcher": (_with("searcher", "bayes"), "searcher.name: Input should be 'random', 'grid', 'tpe'"),
     "grid over a range": (_with("searcher", "grid"), "search.peak_lr: the grid searcher takes only choice knobs"),
     "unknown top-level field": (tiny_spec(epochs=3), "epochs: unknown field"),
     "bad fixed value": (_with("train", {"peak_lr": -1}), "train.peak_lr: Input should be greater than 0"),
@@ -243,3 +325,14 @@ def test_cli_exits_2_lists_problems_and_writes_nothing(tmp_path: Path, capsys: p
         "search.batch_size: Input should be greater than or equal to 1 (got 0)",
     ]
     assert not out.exists()
+
+
+def test_a_fixed_setting_of_some_searched_schedule_families_applies_to_those_that_read_it() -> None:
+    searched = {"schedule.name": {"choice": ["cosine", "two_step"]}}
+    spec = parse_spec(tiny_spec(train={"schedule.step_frac": 0.3, "schedule.warmup_frac": 0.1}, search=searched))
+    assert spec.train["schedule.warmup_frac"] == 0.1  # both families read it
+    [step_frac] = [knob for knob in spec.knobs if knob.name == "schedule.step_frac"]
+    assert step_frac.values == (0.3,) and dict(step_frac.when) == {"schedule.name": ("two_step",)}
+    with pytest.raises(SpecError) as caught:
+        parse_spec(tiny_spec(train={"schedule.power_a": 2.0}, search=searched))
+    assert caught.value.problems == ["train.schedule.power_a: not a setting of cosine, two_step"]

@@ -16,15 +16,16 @@ from orchestrator.cli.main import main
 from orchestrator.mpl.fit import Curve, CurveError, MPLFit, choose_min_step, fit_mpl, prediction_scores
 from orchestrator.spec import SpecError, parse_spec
 from tests.conftest import tiny_spec
-from trainables.config import ScheduleConfig, TrialConfig
+from trainables.config import TrialConfig
 from trainables.laws.multipower import MPLParams, mpl_final_loss, mpl_predict, schedule_terms
+from trainables.schedules import parse_schedule
 
 TRUE = MPLParams(L0=2.2, A=0.6, alpha=0.45, B=350.0, C=2.0, beta=0.6, gamma=0.55)
 PEAK, T = 3e-3, 3000
 
 
 def _rates(steps: int = T, **schedule: object) -> np.ndarray:
-    return PEAK * ScheduleConfig(**schedule).multipliers(steps, peak=PEAK, batch_size=16, tokens_per_step=1024)
+    return PEAK * parse_schedule(schedule).multipliers(steps, peak=PEAK, batch_size=16, tokens_per_step=1024)
 
 
 def _synthetic(name: str, lrs: np.ndarray, noise: float, seed: int, transient: float = 0.0) -> Curve:
@@ -178,7 +179,7 @@ def test_a_sweep_fit_shares_l0_and_gives_each_curve_its_own_amplitude() -> None:
     steps = np.arange(100, T + 1, 100)
     curves = []
     for i, (name, amplitude) in enumerate((("cosine", 0.5), ("wsd", 0.7), ("constant", 0.6))):
-        lrs = _rates(name=name, min_lr_frac=0.0)
+        lrs = _rates(name=name, **({} if name == "constant" else {"min_lr_frac": 0.0}))
         losses = mpl_predict(replace(TRUE, A=amplitude), lrs, steps)
         curves.append(Curve.from_log(f"trial{i}", steps, lrs[steps - 1], losses))
     fit = fit_mpl(curves, per_curve=("A",))
@@ -253,7 +254,7 @@ def test_mpl_optimal_plans_each_phase_of_a_patch_trial() -> None:
 
 def test_mpl_optimal_without_a_law_names_what_to_set() -> None:
     with pytest.raises(ValueError, match=r"mpl_optimal needs the fitted law: set schedule.mpl_fit"):
-        ScheduleConfig(name="mpl_optimal")
+        parse_schedule({"name": "mpl_optimal"})
 
 
 def test_a_spec_names_the_fit_and_trials_get_its_law(tmp_path: Path) -> None:

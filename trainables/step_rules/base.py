@@ -1,0 +1,99 @@
+"""What every step rule shares: one step on one batch, the rate it used and the compute it spent.
+
+A rule's traits (class attributes) tell the rest of effsweep how to treat it:
+whether it chooses its own rate, whether the Multi-Power Law models it, the
+least extra compute a step costs, and whether it must train on one worker.
+See docs/schedules.md.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from trainables.config import TrialConfig
+
+LossFn = Callable[[], torch.Tensor]
+FORWARD_COST = 1.0 / 3.0  # a forward pass is about a third of a forward and backward
+
+
+class StepRule(ABC):
+    """An optimizer and what a step of it takes; by default a step at the planned rate (and momentum)."""
+
+    # The rule sets its rate from the loss as it goes: the trial has no planned rates.
+    chooses_own_rate: ClassVar[bool] = False
+    # The rule steps at the planned schedule's rate, so the Multi-Power Law models its loss; other
+    # rules set or shape their own rate and take the constant schedule.
+    law_modelled: ClassVar[bool] = False
+    # The least compute a step costs beyond one forward and backward, in training steps.
+    extra_compute_per_step: ClassVar[float] = 0.0
+    # Its step depends on the batch's rows, so data-parallel workers would each step differently.
+    single_worker_only: ClassVar[bool] = False
+
+    def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module, grad_clip: float) -> None:
+        self.optimizer = optimizer
+        self.model = model
+        self.grad_clip = grad_clip
+
+    @classmethod
+    @abstractmethod
+    def build(cls, model: nn.Module, cfg: TrialConfig, *, steps: int, batches_per_epoch: int) -> StepRule:
+        """The rule with a fresh optimizer for a phase of ``steps`` planned steps."""
+
+    @property
+    def min_cost(self) -> float:
+        """The least compute a step can take, in training steps."""
+        return 1.0 + self.extra_compute_per_step
+
+    def step(self, loss_fn: LossFn, lr: float, momentum: float | None = None) -> tuple[float, float, float]:
+        """One step; the loss at the weights before it, the rate used and the compute spent, in training steps."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+            if momentum is not None:
+                if "betas" in group:
+                    group["betas"] = (momentum, group["betas"][1])
+                else:
+                    group["momentum"] = momentum
+        loss = self._backward(loss_fn)
+        self.optimizer.step()
+        return loss, lr, 1.0
+
+    def _backward(self, loss_fn: LossFn) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        if self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        return loss.item()
+
+    # Optional hooks, no-ops for a rule that keeps one set of weights (schedule-free keeps two).
+    def train(self) -> None:  # noqa: B027
+        """Put the weights where gradients are taken (before training steps)."""
+
+    def eval(self) -> None:  # noqa: B027
+        """Put the weights where the model is judged (before evaluation and checkpoints)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the rule, taken in train mode."""
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def trained_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Parameter groups with weight decay on matrices only, as in GPT-2 and nanoGPT."""
+    params = trained_parameters(model)
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
