@@ -1,10 +1,6 @@
-"""Turn a spec's search space into what the searchers consume.
+"""A spec's search space as what the searchers consume: conditional knobs, Optuna's define-by-run space, the grid.
 
-A space is an ordered list of ``Knob``s. A knob may be conditional (``when``):
-it is only sampled when earlier knobs took given values, which Optuna's
-define-by-run interface expresses directly (``DefineByRunSpace``). The grid
-searcher gets the explicit list of points (``grid_points``); both walk the
-same conditional structure through ``combinations``.
+See docs/spec.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ready sweep specs shipped in this package, and what each is for."""
+"""The ready sweep specs shipped in this package, and what each is for. See docs/spec.md."""
 
 from __future__ import annotations
 

@@ -1,37 +1,34 @@
-"""The trial schedulers a spec can name; they decide on ``val_loss`` at equal ``compute``."""
+"""The trial schedulers a spec can name: ``SCHEDULERS`` maps each name to its settings class, imported only when
+a spec names it, which validates the ``scheduler`` section and builds the Tune scheduler. See docs/spec.md.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from orchestrator.spec.settings import SchedulerSection
+from trainables.registry import Registry
 
-from orchestrator.mpl.fit import read_fit
-from orchestrator.mpl.pruner import MPLPruner
-from orchestrator.spec import SweepSpec
+if TYPE_CHECKING:
+    from ray.tune.schedulers import TrialScheduler
+
+    from orchestrator.spec import SweepSpec
+
+__all__ = ["DEFAULT_SCHEDULER", "SCHEDULERS", "build_scheduler"]
+
+SCHEDULERS: Registry[SchedulerSection] = Registry(
+    "scheduler",
+    SchedulerSection,
+    {
+        "fifo": "orchestrator.schedulers.fifo:FIFOSettings",
+        "asha": "orchestrator.schedulers.asha:ASHASettings",
+        "mpl": "orchestrator.mpl.settings:MPLSettings",
+    },
+)
+DEFAULT_SCHEDULER = "fifo"
 
 
 def build_scheduler(spec: SweepSpec, sweep_dir: Path) -> TrialScheduler:
-    """``fifo`` runs every trial to its budget; ``asha`` stops the worst at rungs of compute;
-    ``mpl`` stops those the Multi-Power Law predicts will not win (``orchestrator.mpl.pruner``).
-
-    ASHA's rungs are measured in ``compute`` rather than reports or steps, so
-    trials with different batch sizes (or patch settings) are compared after
-    the same amount of work.
-    """
-    scheduler = spec.scheduler
-    if scheduler.name == "fifo":
-        return FIFOScheduler()
-    if scheduler.name == "mpl":
-        return MPLPruner(
-            sweep_dir, fractions=tuple(scheduler.fractions), margin=scheduler.margin, z=scheduler.z,
-            min_completed=scheduler.min_completed,
-            prior=read_fit(Path(scheduler.prior)) if scheduler.prior else None,
-        )  # fmt: skip
-    budget = spec.budget.compute
-    return ASHAScheduler(
-        time_attr="compute",
-        max_t=budget,
-        grace_period=spec.scheduler.grace_fraction * budget,
-        reduction_factor=spec.scheduler.reduction_factor,
-    )
+    """The spec's scheduler; it decides on ``val_loss`` at equal ``compute``, and keeps any state in ``sweep_dir``."""
+    return spec.scheduler.build(spec, sweep_dir)
