@@ -1,8 +1,9 @@
-"""Sweep-level pictures, written as PNG files for MLflow and the terminal user."""
+"""Sweep-level pictures, written as PNG files for MLflow and the terminal user. See ``docs/architecture.md``."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -11,10 +12,12 @@ matplotlib.use("Agg")  # files only; no display on a cluster head or in CI
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 
 from orchestrator.cbs.fit import CriticalBatchFit
 from orchestrator.mpl.fit import Curve, MPLFit
 from orchestrator.results import SweepResults
+from orchestrator.sweep_hooks import TrialMarks
 from trainables.hypergrad.hyperparameters import Hyperparameters
 from trainables.loop import OBJECTIVE
 
@@ -44,12 +47,11 @@ def plot_val_loss(results: SweepResults, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_trial_curves(trial: pd.Series, reports: pd.DataFrame, predictions: pd.DataFrame, path: Path) -> Path:
-    """One trial's training and validation loss by step, with its final loss and the MPL pruner's predictions.
+def plot_trial_curves(trial: pd.Series, reports: pd.DataFrame, path: Path, marks: Sequence[TrialMarks] = ()) -> Path:
+    """One trial's training and validation loss by step, with its final loss and what ``marks`` add.
 
-    ``trial`` is the trial's row of the trials table, ``reports`` its rows of the per-report table and
-    ``predictions`` the pruner's predictions for it (empty if it judged none): each is drawn at the step
-    it was made, with its interval, against the curve that followed and the final loss reached.
+    ``trial`` is the trial's row of the trials table, ``reports`` its rows of the per-report table; each of
+    ``marks`` draws on the axes after the curves (``SweepHooks.trial_marks``).
     """
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for column, colour in (("train_loss", "tab:gray"), ("val_loss", "tab:blue")):
@@ -59,23 +61,28 @@ def plot_trial_curves(trial: pd.Series, reports: pd.DataFrame, predictions: pd.D
     final = trial[OBJECTIVE]
     if math.isfinite(final):
         ax.axhline(final, color="tab:green", linestyle="--", linewidth=1, label=f"{OBJECTIVE} {final:.4f}")
-    if not predictions.empty:
-        ax.errorbar(
-            predictions["step"], predictions["mpl_pred_final"],
-            yerr=[predictions["mpl_pred_final"] - predictions["mpl_pred_low"],
-                  predictions["mpl_pred_high"] - predictions["mpl_pred_final"]],
-            fmt="D", color="tab:orange", markersize=4, capsize=3, label="MPL prediction of the final loss",
-        )  # fmt: skip
-        stopped = predictions[predictions["stopped"]]
-        if not stopped.empty:
-            ax.scatter(stopped["step"], stopped["mpl_pred_final"], marker="x", s=60, color="tab:red", zorder=3,
-                       label="stopped on this prediction")  # fmt: skip
+    for mark in marks:
+        mark(ax, trial["trial_id"])
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(f"trial {trial['trial_id']}: {trial['status']}")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def draw_predictions(ax: Axes, predictions: pd.DataFrame) -> None:
+    """The MPL pruner's predictions for one trial, each at the step it was made, with its interval."""
+    ax.errorbar(
+        predictions["step"], predictions["mpl_pred_final"],
+        yerr=[predictions["mpl_pred_final"] - predictions["mpl_pred_low"],
+              predictions["mpl_pred_high"] - predictions["mpl_pred_final"]],
+        fmt="D", color="tab:orange", markersize=4, capsize=3, label="MPL prediction of the final loss",
+    )  # fmt: skip
+    stopped = predictions[predictions["stopped"]]
+    if not stopped.empty:
+        ax.scatter(stopped["step"], stopped["mpl_pred_final"], marker="x", s=60, color="tab:red", zorder=3,
+                   label="stopped on this prediction")  # fmt: skip
 
 
 def plot_importances(importances: pd.DataFrame, path: Path) -> Path:

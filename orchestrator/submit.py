@@ -35,6 +35,7 @@ FORWARDED_ENV = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "EFFSWEEP_CACHE_DIR",
+    "EFFSWEEP_PLUGINS",
 )
 SPEC_ENV = "EFFSWEEP_SPEC"
 # The job server answers this while no node's job agent has registered yet

@@ -4,7 +4,9 @@ A sweep is identified by its output directory and its spec hash. Running the
 same spec into the same directory again restores Tune's experiment there
 (finished trials stay finished, unfinished ones continue) and logs into the
 same MLflow parent and child runs, so nothing is duplicated. A different spec
-in a directory that already holds a sweep is refused.
+in a directory that already holds a sweep is refused. What a searcher,
+scheduler or other feature adds comes through its hooks
+(``orchestrator.sweep_hooks``). See ``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,6 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from orchestrator.cbs.outpaced import OutpacedStopper
 from orchestrator.layout import SweepDirError, SweepLayout, SweepRecord
 from orchestrator.mlflow_runs import child_runs, ensure_experiment, finish_parent_run, open_parent_run
 from orchestrator.progress import ConsoleProgress
@@ -32,11 +34,13 @@ from orchestrator.snapshots import SchedulerSnapshot, snapshot_every_step
 from orchestrator.spec import SweepSpec
 from orchestrator.storage import TrialStorage, check_shared
 from orchestrator.sweep_artifacts import log_sweep_artifacts
+from orchestrator.sweep_hooks import SweepHooks, active_hooks
 from orchestrator.tracking import MlflowTrialCallback
 from trainables.data.prepare import SweepData, prepare_sweep_data
 from trainables.loop import OBJECTIVE
+from trainables.registry import PLUGINS_ENV
 from trainables.selection.orderings import Progress
-from trainables.trial import hypergrad_trial, lm_trial, lm_trial_distributed
+from trainables.trial import lm_trial, lm_trial_distributed
 
 
 @dataclass(frozen=True)
@@ -140,16 +144,17 @@ def run_sweep(
     record.save(layout)
     client.log_artifact(parent_run_id, str(layout.spec_file))
 
+    hooks = active_hooks(spec)
     started = time.monotonic()
     try:
         with snapshot_every_step():
-            grid = _tuner(spec, layout, storage, data).fit()
+            grid = _tuner(spec, layout, storage, data, hooks).fit()
     except BaseException:
         client.set_terminated(parent_run_id, status="KILLED")
         raise
     results = collect_results(grid)
     interrupted = grid.num_terminated + grid.num_errors < len(grid)
-    artifacts = log_sweep_artifacts(results, spec, record, layout, client)
+    artifacts = log_sweep_artifacts(results, spec, record, layout, client, hooks)
     finish_parent_run(
         client,
         parent_run_id,
@@ -178,17 +183,20 @@ def connect_ray(address: str | None, *, log_to_driver: bool = True) -> None:
     """
     if not ray.is_initialized():
         target = address or os.environ.get("RAY_ADDRESS") or "local"
+        env = SWEEP_ENV | {k: os.environ[k] for k in (PLUGINS_ENV,) if k in os.environ}  # registrations reach trials
         ray.init(
-            address=target, runtime_env={"env_vars": SWEEP_ENV}, logging_level=logging.WARNING,
+            address=target, runtime_env={"env_vars": env}, logging_level=logging.WARNING,
             log_to_driver=log_to_driver,
         )  # fmt: skip
 
 
-def _trainable(spec: SweepSpec, storage: TrialStorage, data: SweepData) -> Any:
-    """A plain Tune function for one-worker CPU trials; a driver of a Ray Train ``TorchTrainer`` otherwise."""
+def _trainable(spec: SweepSpec, storage: TrialStorage, data: SweepData, hooks: Sequence[SweepHooks]) -> Any:
+    """A plain Tune function for one-worker CPU trials (the hooks' own, if one has one); a driver of a Ray Train
+    ``TorchTrainer`` otherwise."""
     resources = spec.resources
-    if spec.searcher.name == "hypergrad":
-        return tune.with_resources(tune.with_parameters(hypergrad_trial, data=data), {"cpu": resources.cpus})
+    own = next((f for f in (h.trial_function() for h in hooks) if f is not None), None)
+    if own is not None:
+        return tune.with_resources(tune.with_parameters(own, data=data), {"cpu": resources.cpus})
     if not resources.distributed:
         return tune.with_resources(tune.with_parameters(lm_trial, data=data), {"cpu": resources.cpus})
     driver = tune.with_parameters(
@@ -209,10 +217,12 @@ def _concurrency(spec: SweepSpec) -> int | None:
     return max(1, int(ray.cluster_resources().get("CPU", per_trial) // per_trial))
 
 
-def _tuner(spec: SweepSpec, layout: SweepLayout, storage: TrialStorage, data: SweepData) -> tune.Tuner:
+def _tuner(
+    spec: SweepSpec, layout: SweepLayout, storage: TrialStorage, data: SweepData, hooks: Sequence[SweepHooks]
+) -> tune.Tuner:
     """A new Tuner, or the sweep's own restored where its directory holds one (with its searcher, scheduler
     and callbacks as they stood at the last snapshot: ``orchestrator.snapshots``)."""
-    trainable = _trainable(spec, storage, data)
+    trainable = _trainable(spec, storage, data, hooks)
     experiment = storage.joined(spec.name)
     if tune.Tuner.can_restore(experiment, storage_filesystem=storage.filesystem):
         return tune.Tuner.restore(
@@ -239,7 +249,7 @@ def _tuner(spec: SweepSpec, layout: SweepLayout, storage: TrialStorage, data: Sw
             storage_path=storage.path,
             storage_filesystem=storage.filesystem,
             callbacks=[
-                MlflowTrialCallback(layout.root),
+                MlflowTrialCallback(layout.root, hooks),
                 ConsoleProgress([k.name for k in spec.knobs]),
                 SchedulerSnapshot(scheduler),
             ],
@@ -248,15 +258,31 @@ def _tuner(spec: SweepSpec, layout: SweepLayout, storage: TrialStorage, data: Sw
             # A retry needs only the last checkpoint, but a resume may need the one before: the snapshot
             # that a killed driver left can predate the newest checkpoint of a trial.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            stop=OutpacedStopper() if _races_to_target(spec) else None,
+            stop=_stopper([stopper for h in hooks for stopper in h.stoppers()]),
             verbose=0,  # ConsoleProgress reports instead, at the level the CLI sets
         ),
     )
 
 
-def _races_to_target(spec: SweepSpec) -> bool:
-    """Whether trials run to a target loss over several batch sizes (as ``effsweep cbs`` rounds do)."""
-    return spec.fixed_config().get("target_loss") is not None and any(k.name == "batch_size" for k in spec.knobs)
+def _stopper(stoppers: list[tune.Stopper]) -> tune.Stopper | None:
+    """None, the one stopper, or one that stops a trial when any of several would."""
+    if len(stoppers) <= 1:
+        return stoppers[0] if stoppers else None
+    return _AnyStopper(stoppers)
+
+
+class _AnyStopper(tune.Stopper):
+    """Stops a trial when any of ``stoppers`` would; unlike Tune's ``CombinedStopper`` it shows every result to
+    every stopper (one may learn from a result another stops on)."""
+
+    def __init__(self, stoppers: list[tune.Stopper]) -> None:
+        self.stoppers = stoppers
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return any([stopper(trial_id, result) for stopper in self.stoppers])
+
+    def stop_all(self) -> bool:
+        return any([stopper.stop_all() for stopper in self.stoppers])
 
 
 def _summary_metrics(results: SweepResults, wall_s: float) -> dict[str, float]:

@@ -1,10 +1,10 @@
 """What a sweep leaves once its trials end: tables and pictures in ``DIR/results/``, logged to MLflow.
 
-The parent run gets the Parquet tables, every trial's validation loss (``val_loss.png``), the MPL
-pruner's predictions against the final losses reached, the knob importances (table, picture and an
-``importance.<knob>`` metric each) and, for a hypergrad sweep, its chains. Each child run gets its
-trial's loss curves (``loss_curves.png``). Artifact paths are fixed, so a sweep that is resumed and
-ends again replaces what it logged before rather than adding to it.
+The parent run gets the Parquet tables, every trial's validation loss (``val_loss.png``), the knob
+importances (table, picture and an ``importance.<knob>`` metric each) and what the sweep's hooks add
+(``SweepHooks.sweep_artifacts``). Each child run gets its trial's loss curves (``loss_curves.png``, with
+the hooks' marks). Artifact paths are fixed, so a sweep that is resumed and ends again replaces what it
+logged before rather than adding to it. See ``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -13,40 +13,44 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from orchestrator.hypergrad.report import report_chains
 from orchestrator.importance import knob_importances, write_importances
 from orchestrator.layout import SweepLayout, SweepRecord
 from orchestrator.mlflow_runs import child_runs, log_summary_metrics
-from orchestrator.mpl.pruner import read_predictions
-from orchestrator.plots import plot_importances, plot_predictions, plot_trial_curves, plot_val_loss
+from orchestrator.plots import plot_importances, plot_trial_curves, plot_val_loss
 from orchestrator.results import SweepResults, write_results
 from orchestrator.spec import SweepSpec
+from orchestrator.sweep_hooks import SweepEnd, SweepHooks, TrialMarks, active_hooks
 from search_spaces.build import Knob
 
 TRIAL_PLOT = "loss_curves.png"
 
 
 def log_sweep_artifacts(
-    results: SweepResults, spec: SweepSpec, record: SweepRecord, layout: SweepLayout, client: MlflowClient
+    results: SweepResults,
+    spec: SweepSpec,
+    record: SweepRecord,
+    layout: SweepLayout,
+    client: MlflowClient,
+    hooks: Sequence[SweepHooks] | None = None,
 ) -> list[Path]:
-    """Write the sweep's results; log each trial's curves on its child run and the importances on the parent.
+    """Write the sweep's results; log each trial's curves on its child run, the importances and what the hooks
+    report on the parent (``hooks``: those active for ``spec`` unless given).
 
     Returns the files for the parent run, which ``finish_parent_run`` logs.
     """
+    hooks = active_hooks(spec) if hooks is None else hooks
+    end = SweepEnd(results, spec, record, layout, client)
     directory = layout.results_dir
     artifacts = write_results(results, directory)
     if not results.metrics.empty:
         artifacts.append(plot_val_loss(results, directory / "val_loss.png"))
-    if spec.searcher.name == "hypergrad":
-        artifacts += report_chains(results, spec.model, client, record.parent_run_id, layout.root)
-    predictions = read_predictions(layout.root)
-    if not predictions.empty:
-        artifacts.append(plot_predictions(predictions, results, directory / "mpl_predictions.png"))
+    for feature in hooks:
+        artifacts += feature.sweep_artifacts(end)
     artifacts += _log_importances(results, spec.knobs, directory, client, record.parent_run_id)
-    _log_trial_curves(results, predictions, client, child_runs(client, record.experiment_id, record.parent_run_id))
+    marks = [m for m in (feature.trial_marks(end) for feature in hooks) if m is not None]
+    _log_trial_curves(results, marks, client, child_runs(client, record.experiment_id, record.parent_run_id))
     return artifacts
 
 
@@ -62,16 +66,15 @@ def _log_importances(
 
 
 def _log_trial_curves(
-    results: SweepResults, predictions: pd.DataFrame, client: MlflowClient, runs: Mapping[str, str]
+    results: SweepResults, marks: Sequence[TrialMarks], client: MlflowClient, runs: Mapping[str, str]
 ) -> None:
     """Each trial's loss curves on its child run; a trial without a run or without a report has none."""
     reports = {trial_id: rows for trial_id, rows in results.metrics.groupby("trial_id")}
-    judged = {} if predictions.empty else {trial_id: rows for trial_id, rows in predictions.groupby("trial_id")}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / TRIAL_PLOT
         for _, trial in results.trials.iterrows():
             run_id, rows = runs.get(trial["trial_id"]), reports.get(trial["trial_id"])
             if run_id is None or rows is None:
                 continue
-            plot_trial_curves(trial, rows, judged.get(trial["trial_id"], pd.DataFrame()), path)
+            plot_trial_curves(trial, rows, path, marks)
             client.log_artifact(run_id, str(path))

@@ -4,11 +4,14 @@ Everything is logged from the Tune driver, so trials never talk to the
 tracking server; the writes themselves go through a ``RunWriter``
 (``orchestrator.run_writer``): journaled in the sweep directory, sent in
 batches by a background thread, replayed without duplicates after a crash.
+Besides the trials' reports it logs what the sweep's hooks feed it
+(``SweepHooks.metric_feeds``). See ``docs/architecture.md``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,27 +20,27 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from orchestrator.layout import SweepLayout, SweepRecord
-from orchestrator.mpl.pruner import PredictionFeed
 from orchestrator.results import reported_metrics, trial_status
 from orchestrator.run_writer import RunWriter
 from orchestrator.selection.pictures import SelectionPictures
-
-PREDICTION_METRICS = ("mpl_pred_final", "mpl_pred_low", "mpl_pred_high")
+from orchestrator.sweep_hooks import SweepHooks
 
 
 class MlflowTrialCallback(Callback):
     """Opens, fills and ends each trial's child run.
 
-    It holds only the sweep's directory and reads where to log from its
-    ``sweep.json`` in ``setup``: Tune pickles callbacks into its experiment
-    checkpoint, and a restored sweep must log where the sweep now logs.
+    It holds only the sweep's directory and hooks, and reads where to log
+    from its ``sweep.json`` in ``setup``: Tune pickles callbacks into its
+    experiment checkpoint, and a restored sweep must log where the sweep now
+    logs.
     """
 
-    def __init__(self, sweep_dir: Path) -> None:
+    def __init__(self, sweep_dir: Path, hooks: Sequence[SweepHooks] = ()) -> None:
         self.sweep_dir = sweep_dir
+        self.hooks = list(hooks)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"sweep_dir": self.sweep_dir}
+        return {"sweep_dir": self.sweep_dir, "hooks": self.hooks}
 
     def setup(self, **info: Any) -> None:
         layout = SweepLayout(self.sweep_dir)
@@ -47,7 +50,7 @@ class MlflowTrialCallback(Callback):
             MlflowClient(record.tracking_uri), record.experiment_id, record.parent_run_id, layout.tracking_journal,
             on_open=self._log_selection_picture,
         )  # fmt: skip
-        self._predictions = PredictionFeed(self.sweep_dir)
+        self._feeds = [feed for hooks in self.hooks for feed in hooks.metric_feeds(self.sweep_dir)]
         self._opened: set[str] = set()
 
     def _log_selection_picture(self, client: MlflowClient, run_id: str, config: dict[str, Any]) -> None:
@@ -73,14 +76,14 @@ class MlflowTrialCallback(Callback):
         self._writer.log_metrics(trial.trial_id, metrics, step=step, timestamp_ms=timestamp_ms)
 
     def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
-        self._log_predictions()
+        self._log_feeds()
 
-    def _log_predictions(self) -> None:
-        """The MPL pruner's predictions (if it runs) go to their trials' runs at the step they were made."""
+    def _log_feeds(self) -> None:
+        """What the hooks' feeds brought since the last call goes to its trials' runs, at its steps."""
         now_ms = int(time.time() * 1000)
-        for line in self._predictions.new():
-            metrics = {k: line[k] for k in PREDICTION_METRICS}
-            self._writer.log_metrics(line["trial_id"], metrics, step=line["step"], timestamp_ms=now_ms)
+        for feed in self._feeds:
+            for line in feed.new():
+                self._writer.log_metrics(line.trial_id, line.metrics, step=line.step, timestamp_ms=now_ms)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._finish(trial, trials, errored=False)
@@ -89,14 +92,15 @@ class MlflowTrialCallback(Callback):
         self._finish(trial, trials, errored=True)
 
     def _finish(self, trial: Trial, trials: list[Trial], *, errored: bool) -> None:
-        self._log_predictions()
+        self._log_feeds()
         self._open(trial, trials)
-        # Reported vectors (a meta-iteration's hypergradients) are no metrics; they go whole into an artifact.
+        # Reported vectors (lists, such as a meta-iteration's hypergradients) are no metrics; they go whole
+        # into an artifact.
         vectors = {k: v for k, v in (trial.last_result or {}).items() if isinstance(v, (list, tuple))}
         self._writer.finish_trial(trial.trial_id, trial_status(trial.last_result, errored), vectors)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        self._log_predictions()
+        self._log_feeds()
         self._writer.reconcile({t.trial_id: _final_status(t) for t in trials})
         self._writer.close()
 

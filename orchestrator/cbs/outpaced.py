@@ -4,7 +4,7 @@ With ``target_loss``, steps to the target S(b) can only fall as the batch
 size b grows (S(b) = S_min (1 + B_crit / b)). A trial at batch size b that
 has run more steps than some smaller size needed is past the batch size
 with the fewest steps: whether it reaches the target later or never, the
-critical-batch fit leaves it out (``orchestrator.batch_study.falling_side``),
+critical-batch fit leaves it out (``orchestrator.cbs.study.falling_side``),
 so the rest of its budget would buy nothing. It ends as pruned.
 
 Example:

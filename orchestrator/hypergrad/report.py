@@ -1,4 +1,7 @@
-"""What a ``hypergrad`` sweep shows once it ends: each chain's meta-iterations, on the parent run and in a picture."""
+"""What a ``hypergrad`` sweep shows once it ends: each chain's meta-iterations, on the parent run and in a picture.
+
+Called through ``orchestrator.hypergrad.hooks``. See ``docs/hypergrad.md``.
+"""
 
 from __future__ import annotations
 

@@ -35,7 +35,8 @@ least ``min_completed`` others have reached it). They stay out of the
 shared fit, and their actual final losses still count as incumbents.
 
 Predictions go to ``DIR/mpl/predictions.jsonl`` (the MLflow callback logs
-them as ``mpl_pred_final``, ``mpl_pred_low`` and ``mpl_pred_high``). The
+them as ``mpl_pred_final``, ``mpl_pred_low`` and ``mpl_pred_high``, through
+``orchestrator.mpl.hooks``). The
 pruner's state travels in Tune's experiment snapshot (``save``/``restore``,
 see ``orchestrator.snapshots``), so a resumed sweep decides as an
 uninterrupted one would; ``DIR/mpl/state.json`` mirrors it for a later
@@ -65,6 +66,7 @@ from orchestrator.mpl.tracks import Prediction, RefitInputs, TrialTrack, predict
 DECISION_FRACTIONS = (0.1, 0.2, 0.3, 0.5, 0.7)  # of a trial's planned compute, unless given
 
 PREDICTIONS = "predictions.jsonl"
+PREDICTION_METRICS = ("mpl_pred_final", "mpl_pred_low", "mpl_pred_high")  # each line's, logged to the trial's run
 
 
 class MPLPruner(FIFOScheduler):

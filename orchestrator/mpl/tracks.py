@@ -18,9 +18,7 @@ import numpy as np
 from orchestrator.mpl.fit import Curve, MPLFit, fit_mpl
 from trainables.config import TrialConfig
 from trainables.laws.multipower import schedule_terms
-
-# Step rules whose rate is their planned schedule, so the law can model their loss.
-LAW_MODELLED = ("adamw", "sgd")
+from trainables.step_rules import step_rule_class
 
 
 @dataclass(frozen=True)
@@ -59,7 +57,7 @@ class TrialTrack:
         patch_steps, _ = cfg.phase_steps
         planned = cfg.planned_lrs()
         judged = None if planned is None else planned[patch_steps:].tolist()
-        modelled = cfg.optimizer.name in LAW_MODELLED
+        modelled = step_rule_class(cfg.optimizer.name).law_modelled
         return cls(cfg.budget.compute, patch_steps, judged, modelled)
 
     def observe(self, result: dict[str, Any]) -> None:
