@@ -1,0 +1,34 @@
+"""What several commands share: the ``--address`` and console flags, and the spec a command names with its overrides."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from orchestrator.spec import SweepSpec, load_spec
+
+
+def add_address(command: argparse.ArgumentParser) -> None:
+    """The cluster to join, for the commands that run trials."""
+    command.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+
+
+def add_console_flags(command: argparse.ArgumentParser) -> None:
+    """How much a running sweep shows, for the commands that run one."""
+    command.add_argument("--quiet", action="store_true", help="no line per trial event, only the summary")
+    command.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also a line per trial report, and the logs and warnings of Ray, Tune, MLflow, Optuna and Python, "
+        "which otherwise go only to the sweep's effsweep.log",
+    )
+
+
+def spec_from_args(args: argparse.Namespace) -> SweepSpec:
+    """The spec ``args.spec`` names, with the ``--output`` and ``--storage`` the command was given, if any."""
+    spec = load_spec(args.spec)
+    if getattr(args, "output", None):
+        spec = dataclasses.replace(spec, output_dir=args.output)
+    if getattr(args, "storage", None):
+        spec = dataclasses.replace(spec, storage=args.storage)
+    return spec
