@@ -44,7 +44,8 @@ from ray import tune
 from smoke import add_smoke_flag
 
 from orchestrator.run_writer import RunWriter
-from orchestrator.searchers import METRIC, MODE, GridSearcher
+from orchestrator.searchers import METRIC, MODE
+from orchestrator.searchers.grid import GridSearcher
 from orchestrator.spec import SweepSpec, parse_spec
 from orchestrator.sweep import SWEEP_ENV, prepare_data, run_sweep
 from search_spaces.build import grid_points

@@ -1,4 +1,4 @@
-"""``--smoke``, which every benchmark script takes: its whole code path in seconds, for ``tests/test_benchmarks.py``.
+"""``--smoke``, which every benchmark script takes: its whole code path in seconds, for the benchmark tests.
 
 A smoke run shrinks the sizes (the model to ``SMOKE_MODEL``; steps, trials,
 documents, repeats), reads gensim's small corpus even where ``../shared`` has

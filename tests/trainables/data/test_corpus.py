@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import REPO
 from trainables.data.corpus import CorpusError, CorpusFormat, read_documents
 
 ALPACA_LIKE = [
@@ -49,7 +50,7 @@ def test_parquet_text_column(tmp_path: Path) -> None:
 
 
 def test_the_real_alpaca_file_reads_when_present() -> None:
-    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_data.json"
+    path = REPO.parent / "shared" / "data" / "alpaca_data.json"
     if not path.is_file():
         pytest.skip(f"{path} is absent; the project never requires ../shared")
     documents = read_documents(path)
