@@ -19,6 +19,8 @@ import pandas as pd
 from ray import tune
 from ray.tune.search import Searcher
 
+from trainables.schedules import schedule_class
+
 
 def config_key(config: dict[str, Any]) -> str:
     """The same key for the same trial config, whatever the key order."""
@@ -30,13 +32,23 @@ def read_bank(path: Path) -> tuple[list[dict[str, Any]], dict[str, list[dict[str
     table = pd.read_parquet(path)
     configs, reports = [], {}
     for config_json, rows in table.groupby("config", sort=False):
-        config = json.loads(config_json)
+        config = _as_recorded_now(json.loads(config_json))
         configs.append(config)
         reports[config_key(config)] = [
             {k: v for k, v in row.items() if k not in ("config", "trial") and not _missing(v)}
             for row in rows.sort_values("step").to_dict(orient="records")
         ]
     return configs, reports
+
+
+def _as_recorded_now(config: dict[str, Any]) -> dict[str, Any]:
+    """A banked config without the schedule settings its family does not read (banks list every family's)."""
+    family = schedule_class(config.get("schedule.name", "constant"))
+    return {
+        key: value
+        for key, value in config.items()
+        if not key.startswith("schedule.") or key.split(".")[1] in {"name", *family.model_fields}
+    }
 
 
 def _missing(value: Any) -> bool:
