@@ -158,7 +158,8 @@ def test_a_bad_spec_is_refused_before_it_reaches_the_cluster(real_cluster: RealC
 def test_a_killed_driver_is_resumed_without_losing_or_duplicating_trials(
     real_cluster: RealCluster, tmp_path: Path
 ) -> None:
-    spec = _cluster_spec(tmp_path, "killed-driver", trials=6)
+    # Trials long enough that the sweep is still running when MLflow shows two of them completed.
+    spec = _cluster_spec(tmp_path, "killed-driver", trials=6, budget=163840)
     sweep_dir = tmp_path / "killed-driver"
     driver = real_cluster.start("run", str(spec), "--address", real_cluster.gcs_address)
     _wait_until(lambda: _completed_runs(sweep_dir) >= 2, driver, timeout=300)
