@@ -24,6 +24,7 @@ from typing import Any
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from orchestrator.spec import load_spec
+from trainables.registry import PLUGINS_ENV
 
 # Settings a sweep's driver reads from its environment, passed on to the job when set here.
 FORWARDED_ENV = (
@@ -35,7 +36,7 @@ FORWARDED_ENV = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "EFFSWEEP_CACHE_DIR",
-    "EFFSWEEP_PLUGINS",
+    PLUGINS_ENV,
 )
 SPEC_ENV = "EFFSWEEP_SPEC"
 # The job server answers this while no node's job agent has registered yet

@@ -183,7 +183,8 @@ def connect_ray(address: str | None, *, log_to_driver: bool = True) -> None:
     """
     if not ray.is_initialized():
         target = address or os.environ.get("RAY_ADDRESS") or "local"
-        env = SWEEP_ENV | {k: os.environ[k] for k in (PLUGINS_ENV,) if k in os.environ}  # registrations reach trials
+        plugins = os.environ.get(PLUGINS_ENV)  # modules whose registrations the trials need too
+        env = SWEEP_ENV | ({PLUGINS_ENV: plugins} if plugins else {})
         ray.init(
             address=target, runtime_env={"env_vars": env}, logging_level=logging.WARNING,
             log_to_driver=log_to_driver,
