@@ -8,7 +8,7 @@ See ``docs/architecture.md``.
 
 from __future__ import annotations
 
-import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,10 +97,5 @@ def active_hooks(spec: SweepSpec) -> list[SweepHooks]:
     """The hooks of the spec's searcher, of its scheduler and of every feature that is on for it, in that order."""
     # A searcher's or scheduler's settings class names its hooks (``hooks``); features are listed here.
     targets = [type(spec.searcher).hooks, type(spec.scheduler).hooks, *FEATURE_HOOKS]
-    built = (_hooks_class(target).for_spec(spec) for target in targets if target is not None)
+    built = (pkgutil.resolve_name(target).for_spec(spec) for target in targets if target is not None)
     return [hooks for hooks in built if hooks is not None]
-
-
-def _hooks_class(target: str) -> type[SweepHooks]:
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
