@@ -12,8 +12,12 @@ Three figures, each against the same work done without the part measured:
   background thread), ``mlflow_points_per_s_caller`` the rate at which the
   caller hands them over, and ``mlflow_points_per_s_single`` for one
   ``log_metric`` call per point.
-- ``logging_slowdown``: how much longer a trial's own clock runs with the
-  MLflow callback attached than without it, over alternating sweeps.
+- ``logging_slowdown``: how much longer a trial's own clock runs in the
+  production sweep than in the same sweep with its MLflow callback replaced
+  by one that does nothing, over alternating sweeps;
+  ``orchestration_slowdown`` the same against a bare Tuner (Tune's default
+  experiment snapshots, no callbacks), which also counts effsweep's snapshot
+  after every turn of Tune's loop and its console progress.
 - ``train_per_trial_overhead_s``: the same N trials as 2-worker Ray Train
   trials (``resources: {workers: 2}``, a ``TorchTrainer`` per trial, DDP on
   gloo) against single-worker Tune trials, per trial, one trial at a time.
@@ -36,6 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import ray
 import torch
@@ -43,6 +48,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from smoke import add_smoke_flag
 
+from orchestrator import sweep as sweep_module
 from orchestrator.run_writer import RunWriter
 from orchestrator.searchers import METRIC, MODE
 from orchestrator.searchers.grid import GridSearcher
@@ -137,10 +143,22 @@ def mlflow_throughput(root: Path, points: int, single_points: int) -> dict[str, 
     }
 
 
-def _trial_seconds(spec: SweepSpec, with_mlflow: bool, root: Path) -> list[float]:
-    """Each trial's own clock (its last ``wall_s``), in a sweep with or without the MLflow callback."""
-    if with_mlflow:
-        outcome = run_sweep(spec)  # the production path
+class _Untracked(tune.Callback):
+    """Stands in for the sweep's MLflow callback: takes the same arguments and does nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+
+
+SIDES = ("production", "untracked", "bare")
+
+
+def _trial_seconds(spec: SweepSpec, side: str, root: Path) -> list[float]:
+    """Each trial's own clock (its last ``wall_s``) in a sweep of one of ``SIDES``."""
+    if side != "bare":
+        tracking = sweep_module.MlflowTrialCallback if side == "production" else _Untracked
+        with mock.patch.object(sweep_module, "MlflowTrialCallback", tracking):
+            outcome = run_sweep(spec)
         return outcome.results.metrics.groupby("trial_id")["wall_s"].max().tolist()
     trainable = tune.with_resources(tune.with_parameters(lm_trial, data=prepare_data(spec)), {"cpu": 1})
     tuner = tune.Tuner(
@@ -152,7 +170,7 @@ def _trial_seconds(spec: SweepSpec, with_mlflow: bool, root: Path) -> list[float
             search_alg=GridSearcher(grid_points(spec.knobs), metric=METRIC, mode=MODE),
             num_samples=spec.trials,
             max_concurrent_trials=1,
-            reuse_actors=True,  # as run_sweep does, so the two sides differ only in MLflow
+            reuse_actors=True,  # as run_sweep does
         ),
         run_config=tune.RunConfig(name=spec.name, storage_path=str(root / "bare"), verbose=0),
     )
@@ -160,19 +178,21 @@ def _trial_seconds(spec: SweepSpec, with_mlflow: bool, root: Path) -> list[float
 
 
 def logging_slowdown(root: Path, trials: int, rounds: int) -> dict[str, Any]:
-    """Alternate sweeps with and without MLflow, reporting every 5 steps (about 4 reports a second)."""
-    with_times, without_times = [], []
+    """Sweeps of each side in turn, the order rotating each round, reporting every 5 steps (about 4 reports
+    a second)."""
+    times: dict[str, list[float]] = {side: [] for side in SIDES}
     for index in range(rounds):
-        for with_mlflow in (index % 2 == 0, index % 2 == 1):
-            spec = _spec(root, f"slowdown-{index}-{int(with_mlflow)}", trials, compute=122880, eval_every=5)
-            (with_times if with_mlflow else without_times).extend(_trial_seconds(spec, with_mlflow, root))
-    mean_with = sum(with_times) / len(with_times)
-    mean_without = sum(without_times) / len(without_times)
+        for side in SIDES[index % len(SIDES) :] + SIDES[: index % len(SIDES)]:
+            spec = _spec(root, f"slowdown-{index}-{side}", trials, compute=122880, eval_every=5)
+            times[side].extend(_trial_seconds(spec, side, root))
+    mean = {side: sum(seconds) / len(seconds) for side, seconds in times.items()}
     return {
-        "trial_s_with_mlflow": mean_with,
-        "trial_s_without_mlflow": mean_without,
-        "logging_slowdown": (mean_with - mean_without) / mean_without,
-        "slowdown_trials_each": len(with_times),
+        "trial_s_with_mlflow": mean["production"],
+        "trial_s_without_mlflow": mean["untracked"],
+        "trial_s_bare_tuner": mean["bare"],
+        "logging_slowdown": mean["production"] / mean["untracked"] - 1,
+        "orchestration_slowdown": mean["production"] / mean["bare"] - 1,
+        "slowdown_trials_each": len(times["production"]),
     }
 
 
@@ -189,14 +209,18 @@ def measure(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     result.update(mlflow_throughput(root, points=points, single_points=single_points))
     print(f"MLflow: {result['mlflow_points_per_s']:.0f} points/s through the writer", file=sys.stderr)
     result.update(logging_slowdown(root, trials=slowdown_trials, rounds=args.rounds))
-    print(f"logging slowdown: {result['logging_slowdown']:+.2%}", file=sys.stderr)
+    print(
+        f"logging slowdown: {result['logging_slowdown']:+.2%}, "
+        f"against a bare Tuner: {result['orchestration_slowdown']:+.2%}",
+        file=sys.stderr,
+    )
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=4, help="alternating sweeps for the slowdown figure")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of one sweep per side for the slowdowns")
     parser.add_argument("--repeats", type=int, default=3, help="runs of every figure; each is reported as the median")
     parser.add_argument("--only-train", action="store_true", help="measure the Ray Train path only")
     add_smoke_flag(parser)

@@ -49,15 +49,20 @@ class SchedulerSnapshot(Callback):
     without a checkpoint (FIFO) has no state to keep.
     """
 
+    stateless = False  # set once the scheduler has said it keeps nothing: later snapshots skip asking it
+
     def __init__(self, scheduler: TrialScheduler) -> None:
         self.scheduler = scheduler
 
     def get_state(self) -> dict[str, Any] | None:
+        if self.stateless:
+            return None
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "scheduler"
             try:
                 self.scheduler.save(str(path))
             except NotImplementedError:
+                self.stateless = True
                 return None
             return {"scheduler": path.read_bytes()}
 

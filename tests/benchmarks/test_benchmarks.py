@@ -33,7 +33,8 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], set[str]]] = {
         "ray_init_s", "train_trials", "single_worker_sweep_s", "train_two_worker_sweep_s",
         "train_per_trial_overhead_s", "trials", "in_process_s", "sweep_s", "per_trial_overhead_s",
         "mlflow_points_per_s", "mlflow_points_per_s_caller", "mlflow_points_per_s_single", "batched_points",
-        "trial_s_with_mlflow", "trial_s_without_mlflow", "logging_slowdown", "slowdown_trials_each", "repeats", "runs",
+        "trial_s_with_mlflow", "trial_s_without_mlflow", "trial_s_bare_tuner", "logging_slowdown",
+        "orchestration_slowdown", "slowdown_trials_each", "repeats", "runs",
     }),
     "patch": ((), {
         "corpus", "threads", "token_tokens_per_s", "patch_tokens_per_s_k2", "patch_throughput_ratio_k2",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from orchestrator.mlflow_runs import TRIAL_ID_TAG, MetricBatcher, child_runs, ensure_experiment, open_parent_run
-from orchestrator.run_writer import RECONCILED_TAG, STATUS_TAG, RunWriter
+from orchestrator.run_writer import RECONCILED_TAG, STATUS_TAG, WRITER_NICENESS, RunWriter
 
 
 @pytest.fixture()
@@ -154,3 +156,13 @@ def test_a_slow_store_does_not_hold_up_the_callers(client: MlflowClient, tmp_pat
     gate.set()
     writer.close()
     assert _steps(client, child_runs(client, experiment, parent)["t1"], "loss") == list(range(200))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="niceness is per thread on Linux only")
+def test_the_writer_thread_yields_the_cpu_to_the_driver_and_its_trials(client: MlflowClient, tmp_path: Path) -> None:
+    writer, _, _ = _writer(client, tmp_path)
+    assert writer.flush(timeout_s=60)  # the thread has started serving
+    caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert os.getpriority(os.PRIO_PROCESS, writer._thread.native_id) == max(caller, WRITER_NICENESS)
+    writer.close()
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller  # the caller's own is untouched
