@@ -2,38 +2,21 @@
 
 The task is the paper's kind (Maclaurin, Duvenaud and Adams, 2015): scikit-learn's
 8x8 digits, a tanh MLP with hidden layers (50, 50, 50), 1,000 training images in
-batches of 100, T steps of SGD with momentum 0.9 (learning rate ``--lr``, ten
-blocks of learning rates and momenta per parameter group). Three figures:
+batches of 100, T steps of SGD with momentum 0.9, ten blocks of learning rates
+and momenta per parameter group. Three figures, each described with its
+results in ``docs/benchmarks.md`` ("Hypergradients by exact reversal"):
 
-- **Memory.** Peak RSS growth of one ``hypergradients`` call (the reversible
-  method) and of one ``unrolled_hypergradients`` call (autograd through every
-  step) for each T in ``--steps``, each (method, T) in a fresh interpreter: the
-  task is built and the method warmed up on ``blocks`` steps, the peak-RSS
-  mark is reset (``/proc/self/clear_refs``; else ``ru_maxrss`` is read as it
-  is), and the figure is VmHWM after the call minus VmRSS before it. An
-  unrolled run is skipped (null) above ``--skip-unrolled-above``, or when its
-  size projected from the largest T measured so far would not fit in 80% of
-  MemAvailable. ``memory_ratio_T1000_T100`` (and ``unrolled_memory_ratio_...``)
-  divides the figures of every two T ten times apart. Also the information
-  buffer's bytes and its bits per parameter per step against log2(1/momentum).
-- **Time.** One meta-iteration (``hypergradients``: T steps forward, the
-  validation loss and its gradient, T steps backward) against plain float64
-  training for the same T steps (the same per-step loss and weight decay and
-  the same final validation loss, no fixed point and no buffer), the best of
-  ``--repeats``: on digits at ``--time-steps`` and on the ``tiny`` language
-  model (batch 8, gensim's ``lee_background`` tokenised as sweeps do) at
-  ``--lm-steps``. One torch thread throughout.
-- **Search.** The ``hypergrad`` searcher (driven directly, no Ray; one chain,
-  since every chain starts from the same point and differs only in discrete
-  knobs, which this task has none of) for ``--meta-steps`` meta-iterations of
-  ``--search-steps`` steps from a constant learning rate ``--lr`` and
-  momentum 0.9, against Optuna's TPE given the same number of training steps
-  (one T-step plain run per trial; constant learning rate, momentum, weight
-  decay and initialisation scale drawn log-uniformly), for each seed in
-  ``--tpe-seeds``. Both report the best validation loss of any run they made.
-  ``--plot PATH`` draws the best hypergrad iterate's learned learning-rate
-  schedules per layer (weights and biases in separate panels, as the paper's
-  figure does).
+- **Memory.** Peak RSS growth of one ``hypergradients`` call (reversible)
+  and one ``unrolled_hypergradients`` call (autograd through every step) for
+  each T in ``--steps``, each in a fresh interpreter (``benchmarks/memory.py``
+  reads the peak); an unrolled run is skipped above ``--skip-unrolled-above``
+  or when its projected size would not fit in 80% of MemAvailable. Also the
+  information buffer's bits per parameter per step against log2(1/momentum).
+- **Time.** One meta-iteration against plain float64 training over the same
+  steps, best of ``--repeats``, on digits and on the ``tiny`` language model.
+- **Search.** The ``hypergrad`` searcher (driven directly, no Ray) against
+  Optuna's TPE given the same number of training steps, for each seed in
+  ``--tpe-seeds``; ``--plot PATH`` draws the learned learning-rate schedules.
 
 Run: ``.venv/bin/python benchmarks/hypergrad.py [--smoke] [--plot /tmp/hypergrad_lr.png]``
 (about 3 minutes on 2 cores, and 12 GiB of memory for the unrolled T=10,000;
@@ -45,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import subprocess
 import sys
 import time
@@ -55,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from memory import available_mib, peak_rss_mib, reset_peak_rss, status_mib
 from smoke import add_smoke_flag
 
 from trainables.hypergrad.fixed_point import FixedPointOverflow
@@ -120,31 +103,6 @@ def plain_training(task: HyperTask, hyper: Hyperparameters, steps: int) -> float
 # --- memory -------------------------------------------------------------------------------------
 
 
-def _status_mib(field: str) -> float | None:
-    """A ``/proc/self/status`` figure (VmRSS, VmHWM) in MiB; None off Linux."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the process's peak-RSS mark (VmHWM) to its current RSS, where the kernel allows it."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def _peak_rss_mib() -> float:
-    peak = _status_mib("VmHWM")
-    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def memory_child(method: str, steps: int, lr: float) -> dict[str, Any]:
     """In a fresh interpreter: peak RSS growth of one call of ``method`` for ``steps`` steps."""
     torch.set_num_threads(1)
@@ -152,12 +110,12 @@ def memory_child(method: str, steps: int, lr: float) -> dict[str, Any]:
     run = METHODS[method]
     run(task, constant_hyper(task, blocks=BLOCKS, lr=lr), BLOCKS)  # warm-up: one tiny meta-iteration
     hyper = constant_hyper(task, blocks=BLOCKS, lr=lr)
-    reset = _reset_peak_rss()
-    before = _status_mib("VmRSS") or _peak_rss_mib()
+    reset = reset_peak_rss()
+    before = status_mib("VmRSS") or peak_rss_mib()
     started = time.perf_counter()
     outcome = run(task, hyper, steps)
     seconds = time.perf_counter() - started
-    peak = _peak_rss_mib()
+    peak = peak_rss_mib()
     result: dict[str, Any] = {"growth_mib": peak - before, "rss_before_mib": before, "peak_reset": reset}
     result["seconds"] = seconds
     if method == "reversible":
@@ -174,16 +132,6 @@ def measure_memory(method: str, steps: int, lr: float) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _available_mib() -> float:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return math.inf
-
-
 def _unrolled_skip_reason(steps: int, measured: dict[int, dict[str, Any]], skip_above: int | None) -> str | None:
     if skip_above is not None and steps > skip_above:
         return f"--skip-unrolled-above {skip_above}"
@@ -191,7 +139,7 @@ def _unrolled_skip_reason(steps: int, measured: dict[int, dict[str, Any]], skip_
         return None
     largest = max(measured)
     projected = measured[largest]["growth_mib"] * steps / largest
-    available = _available_mib()
+    available = available_mib()
     if projected > MEMORY_HEADROOM * available:
         return f"projected {projected:.0f} MiB > {MEMORY_HEADROOM:.0%} of {available:.0f} MiB available"
     return None

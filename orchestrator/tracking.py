@@ -94,7 +94,7 @@ class MlflowTrialCallback(Callback):
     def _finish(self, trial: Trial, trials: list[Trial], *, errored: bool) -> None:
         self._log_feeds()
         self._open(trial, trials)
-        # Reported vectors (lists, such as a meta-iteration's hypergradients) are no metrics; they go whole
+        # Reported vectors (lists, such as a gradient with respect to each hyperparameter) are no metrics; they go whole
         # into an artifact.
         vectors = {k: v for k, v in (trial.last_result or {}).items() if isinstance(v, (list, tuple))}
         self._writer.finish_trial(trial.trial_id, trial_status(trial.last_result, errored), vectors)
