@@ -26,6 +26,7 @@ from ray import tune
 from orchestrator.layout import SweepDirError, SweepLayout, SweepRecord
 from orchestrator.mlflow_runs import child_runs, ensure_experiment, finish_parent_run, open_parent_run
 from orchestrator.progress import ConsoleProgress
+from orchestrator.resources import check_cluster, default_concurrency
 from orchestrator.results import CONFIG_PREFIX, SweepResults, collect_results
 from orchestrator.schedulers import build_scheduler
 from orchestrator.searchers import METRIC, MODE, build_searcher
@@ -116,8 +117,10 @@ def run_sweep(
     storage = TrialStorage.resolve(spec.storage, layout.tune_dir)
     # Reading the corpus can fail on bad input: do it before anything is written.
     data = prepare_data(spec, progress)
-    # Ray next: a cluster that cannot be reached, or a storage it cannot share, leaves no MLflow run open.
+    # Ray next: a cluster that cannot be reached, that lacks what a trial asks for, or a storage it cannot
+    # share leaves no MLflow run open.
     connect_ray(address, log_to_driver=log_to_driver)
+    check_cluster(spec, ray.cluster_resources(), can_grow=not _ray_started_here())
     check_shared(storage)
     layout.root.mkdir(parents=True, exist_ok=True)
     layout.spec_file.write_text(spec.source)
@@ -191,6 +194,14 @@ def connect_ray(address: str | None, *, log_to_driver: bool = True) -> None:
         )  # fmt: skip
 
 
+def _ray_started_here() -> bool:
+    """Whether this process started the Ray it is on (``connect_ray``'s private one, or its own ``ray.init()``):
+    such a Ray has this machine's resources, and no autoscaler adds nodes to it."""
+    # Ray has no public call for this; a Ray without these attributes reads as a joined cluster (warn, not refuse).
+    node = getattr(ray._private.worker, "_global_node", None)
+    return bool(getattr(node, "head", False))
+
+
 def _trainable(spec: SweepSpec, storage: TrialStorage, data: SweepData, hooks: Sequence[SweepHooks]) -> Any:
     """A plain Tune function for one-worker CPU trials (the hooks' own, if one has one); a driver of a Ray Train
     ``TorchTrainer`` otherwise."""
@@ -208,14 +219,6 @@ def _trainable(spec: SweepSpec, storage: TrialStorage, data: SweepData, hooks: S
     # memory alone (Tune refuses an empty request, and a sliver of CPU would leave a 1-CPU node unable
     # to take a worker).
     return tune.with_resources(driver, {"memory": DRIVER_MEMORY})
-
-
-def _concurrency(spec: SweepSpec) -> int | None:
-    """The spec's, else (for Ray Train trials, whose drivers hold nothing) as many as the cluster's CPUs fit."""
-    if spec.concurrency is not None or not spec.resources.distributed:
-        return spec.concurrency
-    per_trial = spec.resources.workers * spec.resources.cpus
-    return max(1, int(ray.cluster_resources().get("CPU", per_trial) // per_trial))
 
 
 def _tuner(
@@ -240,7 +243,7 @@ def _tuner(
             search_alg=build_searcher(spec),
             scheduler=scheduler,
             num_samples=spec.trials,
-            max_concurrent_trials=_concurrency(spec),
+            max_concurrent_trials=default_concurrency(spec, ray.cluster_resources()),
             # Every trial of a sweep asks for the same resources, so a finished trial's worker
             # (torch imported, data mapped) can take the next one instead of a fresh process.
             reuse_actors=True,
