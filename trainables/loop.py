@@ -18,6 +18,7 @@ embeddings, ``selection_h_min``, ``selection_mean_nn``,
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from trainables.config import TrialConfig
 from trainables.data.prepare import SweepData
 from trainables.model import GPT
 from trainables.noise_scale import NoiseScale, probe
-from trainables.patch import PatchBatcher, patch_loss
+from trainables.patch import PatchBatcher, TrainingLoss
 from trainables.step_rules import StepRule, build_step_rule, step_rule_class
 from trainables.workers import Workers
 
@@ -61,16 +62,17 @@ def evaluate(model: GPT, windows: torch.Tensor, batch_size: int = 64, workers: W
     """Mean token-level cross-entropy over validation windows of ``seq_len + 1`` tokens (shared by workers)."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64, device=windows.device)
+    count = 0
     with torch.no_grad():
         for chunk in workers.shard(windows).split(batch_size):
             logits = model(chunk[:, :-1])
             total += torch.nn.functional.cross_entropy(
                 logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum"
-            ).item()
+            ).double()
             count += chunk[:, 1:].numel()
     model.train(was_training)
-    total, count = workers.sum(total, count)
+    total, count = workers.sum(torch.stack([total, total.new_tensor(count)])).tolist()
     return total / count
 
 
@@ -78,7 +80,7 @@ def train_lm(
     cfg: TrialConfig,
     data: SweepData,
     report: Report,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     workers: Workers = ALONE,
     save: Save | None = None,
     resume: dict[str, Any] | None = None,
@@ -94,7 +96,8 @@ def train_lm(
     cost more (a line search's extra forward passes, vSGD's second gradient).
 
     With several ``workers`` each trains on its rows of the same global batch
-    (``trainables.workers``); every worker reports the same numbers.
+    through ``workers.prepare`` (``trainables.workers``); every worker reports
+    the same numbers.
 
     With ``target_loss`` the run ends at the first token-phase report whose validation
     loss is at or below it: that report carries ``final_val_loss``,
@@ -111,7 +114,6 @@ def train_lm(
     first_report = {**data.selection_metrics(documents), "workers": float(workers.world_size)}
     torch.manual_seed(cfg.seed)
     model = GPT(cfg.model).to(device)
-    workers.average_gradients(model)
     lrs, momenta = cfg.planned_lrs(), cfg.planned_momenta()
     k, step_compute = cfg.patch.K, cfg.tokens_per_step
     batcher = PatchBatcher(
@@ -124,9 +126,15 @@ def train_lm(
     if resume is not None:
         model.load_state_dict(resume["model"])
         batcher.load_state_dict(resume["batcher"])
-        torch.set_rng_state(resume["torch_rng"])
+        _set_rng_states(resume, device)
         run = _RunState(**resume["run"])
         first_report = {}  # it went out before the checkpoint
+    # Training steps go through the loss module's forward, which a data-parallel wrapper sees whole.
+    # The bare module and model serve the rest: the noise-scale probe's gradients (which must not
+    # reach the wrapper's hooks), evaluation, the step rules' parameters and checkpoints (whose keys
+    # stay the model's).
+    training_loss = TrainingLoss(model)
+    trained = workers.prepare(training_loss)
     reports = 0
 
     def send(metrics: dict[str, float | str], rule: StepRule) -> None:
@@ -137,7 +145,7 @@ def train_lm(
         first_report = {}
         if save is not None and cfg.checkpoint_every and reports % cfg.checkpoint_every == 0:
             state = {"model": model.state_dict(), "rule": rule.state_dict(), "batcher": batcher.state_dict()}
-            save(metrics, {**state, "torch_rng": torch.get_rng_state(), "run": asdict(run)})
+            save(metrics, {**state, **_rng_states(device), "run": asdict(run)})
         else:
             report(metrics)
 
@@ -147,6 +155,7 @@ def train_lm(
         if phase_steps == 0 or index < run.phase:
             continue
         patched = phase == "patch"
+        patch_size = k if patched else 1
         rule = build_step_rule(model, cfg, steps=phase_steps, batches_per_epoch=batcher.batches_per_epoch(patched))
         if resume is not None and index == run.phase and run.spent > 0:
             rule.load_state_dict(resume["rule"])
@@ -155,12 +164,13 @@ def train_lm(
         while _fits(run.spent, rule.min_cost * step_compute, budget):
             run.step += 1
             window = workers.shard(batcher.patch_batch() if patched else batcher.token_batch()).to(device)
-            loss_value, lr, cost = rule.step(
-                _loss_fn(model, window, k if patched else 1),
+            step_loss, lr, cost = rule.step(
+                functools.partial(trained, window, patch_size),
                 float(lrs[run.step - 1]) if lrs is not None else cfg.scaled_peak_lr,
                 float(momenta[run.step - 1]) if momenta is not None else None,
             )
-            loss_value = workers.mean(loss_value)
+            # Read at every step: a non-finite loss ends the run at once, on every worker at the same step.
+            loss_value = workers.mean(step_loss.double()).item()
             run.spent += cost * step_compute
             run.compute += cost * step_compute
             run.tokens += batcher.tokens_per_patch_batch if patched else batcher.tokens_per_token_batch
@@ -193,7 +203,9 @@ def train_lm(
             if run.step % cfg.eval_every and not phase_done:
                 continue
             if noise is not None:
-                _measure_noise(noise, model, window, k if patched else 1, workers)
+                measured = probe(model, functools.partial(training_loss, patch_size=patch_size), window, workers)
+                if measured is not None:
+                    noise.update(*measured)
             rule.eval()
             val_loss = evaluate(model, val_windows, workers=workers)
             rule.train()
@@ -246,13 +258,6 @@ def _crossing(before: tuple[int, float] | None, now: tuple[int, float], target: 
     return s0 + (s1 - s0) * (l0 - target) / (l0 - l1)
 
 
-def _measure_noise(noise: NoiseScale, model: GPT, window: torch.Tensor, patch_size: int, workers: Workers) -> None:
-    """One gradient-noise-scale measurement on the step's own batch (micro-batches of it)."""
-    measured = probe(model, lambda rows: _loss_fn(model, rows, patch_size)(), window, workers)
-    if measured is not None:
-        noise.update(*measured)
-
-
 def _check_workers(cfg: TrialConfig, workers: Workers) -> None:
     if not workers.distributed:
         return
@@ -270,7 +275,16 @@ def _fits(spent: float, cost: float, budget: float) -> bool:
     return spent + cost <= budget * (1 + 1e-12)
 
 
-def _loss_fn(model: GPT, window: torch.Tensor, patch_size: int) -> Callable[[], torch.Tensor]:
-    if patch_size > 1:
-        return lambda: patch_loss(model, window, patch_size)
-    return lambda: model.loss(window[:, :-1], window[:, 1:])
+def _rng_states(device: str | torch.device) -> dict[str, torch.Tensor]:
+    """The random generators' states a checkpoint keeps: the CPU's, and the training GPU's when there is one."""
+    states = {"torch_rng": torch.get_rng_state()}
+    if torch.device(device).type == "cuda":
+        states["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _set_rng_states(resume: dict[str, Any], device: str | torch.device) -> None:
+    # A checkpoint loaded onto the training device holds the states there; the generators take CPU tensors.
+    torch.set_rng_state(resume["torch_rng"].cpu())
+    if "cuda_rng" in resume and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(resume["cuda_rng"].cpu(), device)

@@ -21,7 +21,6 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from trainables.workers import Workers
@@ -103,19 +102,14 @@ def probe(
     if rows < 1:
         return None
     params = [p for p in model.parameters() if p.requires_grad]
-    small_sq, total = 0.0, None
+    small_sq, total = None, None
     for part in range(parts):
         grads = torch.autograd.grad(loss_of(window[part * rows : (part + 1) * rows]), params)
         flat = torch.cat([g.reshape(-1) for g in grads]).double()
-        small_sq += float(flat @ flat)
+        small_sq = flat @ flat if small_sq is None else small_sq + flat @ flat
         total = flat if total is None else total + flat
-    if workers.distributed:
-        dist.all_reduce(total)
-    big = total / (parts * workers.world_size)
-    (small_sq,) = workers.sum(small_sq)
-    return (
-        small_sq / (parts * workers.world_size),
-        float(big @ big),
-        float(rows),
-        float(rows * parts * workers.world_size),
-    )
+    # One all-reduce, on the gradients' own device, of their sum and of the small squared norms.
+    summed = workers.sum(torch.cat([total, small_sq.view(1)]))
+    examples = parts * workers.world_size
+    big = summed[:-1] / examples
+    return float(summed[-1]) / examples, float(big @ big), float(rows), float(rows * examples)

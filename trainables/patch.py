@@ -12,6 +12,10 @@ token level from the same weights. ``PatchBatcher`` keeps the two phases on
 one pass over the data: it shuffles contiguous groups of K*T tokens each
 epoch; the patch phase takes whole groups, and the token phase continues in
 the same order, each group giving its K token windows.
+
+The loop trains through ``TrainingLoss``, whose ``forward`` computes either
+loss, so one ``DistributedDataParallel`` wrapper sees every parameter of
+both phases (``trainables.workers``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from trainables.model import GPT
@@ -47,6 +52,26 @@ def patch_loss(model: GPT, window: torch.Tensor, patch_size: int) -> torch.Tenso
     # Each position's logits score all K tokens of the next patch.
     scores = logits.unsqueeze(2).expand(-1, -1, patch_size, -1)
     return F.cross_entropy(scores.flatten(0, 2), targets.flatten())
+
+
+class TrainingLoss(nn.Module):
+    """The loss of a training window in ``forward``: ``patch_loss`` for patches of K > 1 tokens, else ``model.loss``.
+
+    Example:
+        >>> from trainables.model import ModelConfig
+        >>> loss = TrainingLoss(GPT(ModelConfig(seq_len=4, n_layer=1, n_head=1, d_model=8)))
+        >>> loss(torch.randint(0, 257, (2, 5))).shape, loss(torch.randint(0, 257, (2, 4 * 3 + 3)), 3).shape
+        (torch.Size([]), torch.Size([]))
+    """
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, window: torch.Tensor, patch_size: int = 1) -> torch.Tensor:
+        if patch_size > 1:
+            return patch_loss(self.model, window, patch_size)
+        return self.model.loss(window[:, :-1], window[:, 1:])
 
 
 class PatchBatcher:

@@ -9,6 +9,7 @@ trial's start.
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 from collections.abc import Callable
@@ -34,7 +35,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     torch.set_num_threads(max(1, int(loop_config["cpus"])))
     data = ray.get(loop_config["data"][0])
-    workers = Workers(context.get_world_rank(), context.get_world_size())
+    device = ray.train.torch.get_device()
+    # Ray Train's wrapping: DistributedDataParallel on this worker's device (its GPU, if it has one).
+    wrap = functools.partial(ray.train.torch.prepare_model, move_to_device=device, parallel_strategy="ddp")
+    workers = Workers(context.get_world_rank(), context.get_world_size(), wrap=wrap)
 
     def save(metrics: dict[str, Any], state: dict[str, Any]) -> None:
         # Every worker reports; rank 0's state stands for all (they hold the same weights and data order).
@@ -44,9 +48,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         report_run(ray.train.report, ray.train.Checkpoint, metrics, state)
 
     # A retried trial's trainer has the same run name, so Ray Train hands it the last checkpoint.
-    resume = load_run(ray.train.get_checkpoint())
+    resume = load_run(ray.train.get_checkpoint(), map_location=device)
     cfg = TrialConfig.from_flat(loop_config["config"])
-    device = ray.train.torch.get_device()
     train_lm(cfg, data, report=ray.train.report, device=device, workers=workers, save=save, resume=resume)
 
 
@@ -67,9 +70,15 @@ def quiet_checkpoints() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def load_run(checkpoint: ray.train.Checkpoint | None) -> dict[str, Any] | None:
-    """The run state a trial's checkpoint holds, for ``train_lm``'s ``resume``; None without one."""
+def load_run(
+    checkpoint: ray.train.Checkpoint | None, map_location: str | torch.device = "cpu"
+) -> dict[str, Any] | None:
+    """The run state a trial's checkpoint holds, for ``train_lm``'s ``resume``; None without one.
+
+    Its tensors are loaded onto ``map_location``, the device that resumes the run, whichever device saved
+    them (rank 0's GPU, for a trial with several workers).
+    """
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=False)
+        return torch.load(Path(folder) / CHECKPOINT_FILE, map_location=map_location, weights_only=False)

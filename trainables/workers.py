@@ -1,30 +1,32 @@
-"""Data-parallel training: one global batch split by rows across workers, gradients averaged.
+"""Data-parallel training: each worker trains on its rows of one global batch, under ``DistributedDataParallel``.
 
-Every worker draws the same global batch (the batcher is seeded alike) and
-trains on its rows, ``rank::world_size``; at the end of every backward, its
-gradients are averaged over the workers in one all-reduce, so every worker takes
-the step one worker would take on the whole batch, whatever path the loss
-takes through the model (``patch_loss`` reaches past ``forward``, which a
-``DistributedDataParallel`` wrapper would not see). Losses and evaluation
-sums are reduced the same way, so a trial reports the same numbers on any
-number of workers, up to the order of floating-point sums.
-
-Step rules that choose their own rate from the loss would choose differently
-on each worker's rows: they run on one worker only (``single_worker_only``).
+``prepare`` wraps the module the loop trains through, so every step is the
+one a single worker would take on the whole batch; ``sum`` and ``mean``
+reduce losses and evaluation sums on the training device, so every worker
+reports the same numbers (docs/patch.md: one wrapper covers both phases).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+# Every worker's batcher is seeded alike, so the workers draw the same global batch and each takes
+# ``rank::world_size`` of its rows. Step rules that choose their own rate from the loss would choose
+# differently on each worker's rows: they run on one worker only (``single_worker_only``).
 
 
 @dataclass(frozen=True)
 class Workers:
     """This process's place among the trial's workers (rank 0 of 1 when training alone).
+
+    ``wrap`` makes a module data-parallel among several workers; by default ``DistributedDataParallel``
+    over the default process group (a Ray Train worker passes ``ray.train.torch.prepare_model``).
 
     Example:
         >>> Workers(rank=1, world_size=2).shard(torch.arange(6).view(6, 1)).flatten().tolist()
@@ -33,6 +35,7 @@ class Workers:
 
     rank: int = 0
     world_size: int = 1
+    wrap: Callable[[nn.Module], nn.Module] | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
@@ -46,55 +49,28 @@ class Workers:
         """This worker's rows of a global batch."""
         return batch[self.rank :: self.world_size] if self.distributed else batch
 
-    def average_gradients(self, model: nn.Module) -> None:
-        """From now on, every backward leaves each gradient averaged over the workers."""
-        if self.distributed:
-            _GradientAverager(model, self.world_size)
+    def prepare(self, module: nn.Module) -> nn.Module:
+        """``module`` as this worker trains it: wrapped for data parallelism among several workers, else itself.
 
-    def sum(self, *values: float) -> list[float]:
-        """Each value summed over the workers."""
+        Only what runs inside the module's ``forward`` is covered: the wrapper's backward averages the
+        gradients of the parameters that ``forward`` used. Anything that needs the bare module (its
+        ``state_dict``, evaluation, gradients taken with ``torch.autograd.grad``) keeps a reference to it.
+        """
         if not self.distributed:
-            return list(values)
-        totals = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(totals, op=dist.ReduceOp.SUM)
-        return totals.tolist()
+            return module
+        return (self.wrap or DistributedDataParallel)(module)
 
-    def mean(self, value: float) -> float:
-        return self.sum(value)[0] / self.world_size
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed over the workers, on their own device.
 
+        Pass them on the training device: NCCL reduces CUDA tensors only, gloo CPU ones.
+        """
+        if not self.distributed:
+            return values
+        total = values.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
 
-class _GradientAverager:
-    """At the end of every backward, one all-reduce of all the gradients it produced, flattened together.
-
-    The first gradient a backward accumulates queues the averaging as a
-    callback of autograd's engine, which runs once that backward is done (as
-    DistributedDataParallel finalises its buckets). An all-reduce per
-    gradient instead costs about as much as the step itself on two CPU
-    workers. Averaging what ``.grad`` holds is linear, so a second backward
-    before the step (its gradients added to ones already averaged, the same
-    on every worker) still leaves the average of the sums. Every worker must
-    reach the same parameters in its backward, as they do here: the same
-    model and loss on rows of the same batch.
-    """
-
-    def __init__(self, model: nn.Module, world_size: int) -> None:
-        self._params = [param for param in model.parameters() if param.requires_grad]
-        self._world_size = world_size
-        self._queued_for: int | None = None  # the backward (autograd graph task) already queued
-        for param in self._params:
-            param.register_post_accumulate_grad_hook(self._queue)
-
-    def _queue(self, _param: torch.Tensor) -> None:
-        # By the graph task's id rather than a flag, which a backward that raised would leave set.
-        task = torch._C._current_graph_task_id()
-        if task != self._queued_for:
-            self._queued_for = task
-            torch.autograd.Variable._execution_engine.queue_callback(self._average)
-
-    def _average(self) -> None:
-        grads = [param.grad for param in self._params if param.grad is not None]
-        flat = torch.cat([grad.reshape(-1) for grad in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat.div_(self._world_size)
-        for grad, averaged in zip(grads, flat.split([grad.numel() for grad in grads]), strict=True):
-            grad.copy_(averaged.view_as(grad))
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` averaged over the workers, on their own device."""
+        return self.sum(values) / self.world_size if self.distributed else values

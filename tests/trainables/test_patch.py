@@ -18,7 +18,7 @@ from trainables.config import TrialConfig
 from trainables.data.prepare import SweepData
 from trainables.loop import OBJECTIVE, train_lm
 from trainables.model import GPT, ModelConfig
-from trainables.patch import PatchBatcher, patch_loss
+from trainables.patch import PatchBatcher, TrainingLoss, patch_loss
 from trainables.step_rules import StepRule
 
 
@@ -77,6 +77,15 @@ def test_patch_loss_equals_a_hand_computation() -> None:
     assert patch_loss(model, window, k).item() == pytest.approx(by_hand, rel=1e-5)
     with pytest.raises(ValueError, match="a window of 7 tokens is not K\\*T \\+ K tokens for K=2"):
         patch_loss(model, window[:, :7], k)
+
+
+def test_the_training_loss_module_computes_either_phases_loss_in_its_forward() -> None:
+    model = _model()
+    training_loss = TrainingLoss(model)
+    tokens, patches = torch.randint(0, 257, (4, 9)), torch.randint(0, 257, (4, 3 * 8 + 3))
+    assert torch.equal(training_loss(tokens), model.loss(tokens[:, :-1], tokens[:, 1:]))
+    assert torch.equal(training_loss(patches, 3), patch_loss(model, patches, 3))
+    assert list(training_loss.parameters()) == list(model.parameters())  # a wrapper around it sees them all
 
 
 @settings(max_examples=40, deadline=None)

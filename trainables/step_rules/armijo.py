@@ -137,7 +137,7 @@ class ArmijoRule(StepRule):
         super().load_state_dict(state)
         self.optimizer.step_size = state["step_size"]
 
-    def step(self, loss_fn: LossFn, lr: float, momentum: float | None = None) -> tuple[float, float, float]:
-        self.optimizer.step(loss_fn)
+    def step(self, loss_fn: LossFn, lr: float, momentum: float | None = None) -> tuple[torch.Tensor, float, float]:
+        loss = self.optimizer.step(loss_fn)
         found = self.optimizer.last
-        return found.loss, found.step_size, 1.0 + FORWARD_COST * (found.evaluations - 1)
+        return loss.detach(), found.step_size, 1.0 + FORWARD_COST * (found.evaluations - 1)

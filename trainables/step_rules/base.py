@@ -50,8 +50,12 @@ class StepRule(ABC):
         """The least compute a step can take, in training steps."""
         return 1.0 + self.extra_compute_per_step
 
-    def step(self, loss_fn: LossFn, lr: float, momentum: float | None = None) -> tuple[float, float, float]:
-        """One step; the loss at the weights before it, the rate used and the compute spent, in training steps."""
+    def step(self, loss_fn: LossFn, lr: float, momentum: float | None = None) -> tuple[torch.Tensor, float, float]:
+        """One step; the loss at the weights before it, the rate used and the compute spent, in training steps.
+
+        The loss stays a detached tensor on the training device: the caller reduces it over the workers
+        before reading it.
+        """
         for group in self.optimizer.param_groups:
             group["lr"] = lr
             if momentum is not None:
@@ -63,13 +67,13 @@ class StepRule(ABC):
         self.optimizer.step()
         return loss, lr, 1.0
 
-    def _backward(self, loss_fn: LossFn) -> float:
+    def _backward(self, loss_fn: LossFn) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         loss = loss_fn()
         loss.backward()
         if self.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        return loss.item()
+        return loss.detach()
 
     # Optional hooks, no-ops for a rule that keeps one set of weights (schedule-free keeps two).
     def train(self) -> None:  # noqa: B027

@@ -35,7 +35,7 @@ class ScheduleFreeRule(StepRule):
     def _optimizer(groups: list[dict[str, Any]], cfg: TrialConfig, *, warmup_steps: int) -> torch.optim.Optimizer:
         """The schedule-free optimizer over ``groups``."""
 
-    def step(self, loss_fn: LossFn, lr: float, momentum: float | None = None) -> tuple[float, float, float]:
+    def step(self, loss_fn: LossFn, lr: float, momentum: float | None = None) -> tuple[torch.Tensor, float, float]:
         loss = self._backward(loss_fn)
         self.optimizer.step()
         return loss, self.optimizer.param_groups[0]["scheduled_lr"], 1.0

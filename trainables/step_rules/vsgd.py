@@ -126,6 +126,6 @@ class VSGDRule(StepRule):
     def build(cls, model: nn.Module, cfg: TrialConfig, *, steps: int, batches_per_epoch: int) -> VSGDRule:
         return cls(VSGD(trained_parameters(model)), model, 0.0)
 
-    def step(self, loss_fn: LossFn, lr: float, momentum: float | None = None) -> tuple[float, float, float]:
+    def step(self, loss_fn: LossFn, lr: float, momentum: float | None = None) -> tuple[torch.Tensor, float, float]:
         loss = self.optimizer.step(loss_fn)
-        return loss.item(), self.optimizer.last_rate, self.min_cost
+        return loss.detach(), self.optimizer.last_rate, self.min_cost
