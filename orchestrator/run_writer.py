@@ -6,11 +6,11 @@ directory first, then carried out by one background thread, so a slow
 tracking store never holds up Tune's loop (and with it the trials, whose
 ``report`` waits for the loop). The thread runs at a lower CPU priority than
 the driver, so on a machine whose cores are all busy its writes wait for
-idle time instead of taking it from trials on the same node. A driver killed at any moment loses nothing:
-the next writer on the same journal replays it before anything new. Replays
-cannot duplicate: a trial's child run is found by its trial-id tag, and a
-metric point is sent only if its run holds no point of that metric at that
-step. See ``docs/resume.md``.
+idle time instead of taking it from trials on the same node. A driver
+killed at any moment loses nothing: the next writer on the same journal
+replays it before anything new. Replays cannot duplicate: a trial's child
+run is found by its trial-id tag, and a metric point is sent only if its run
+holds no point of that metric at that step. See ``docs/resume.md``.
 """
 
 from __future__ import annotations
