@@ -24,6 +24,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from trainables.loop import DIVERGED, OBJECTIVE, REPORTED_LABELS
 
 STATUSES = ("completed", "pruned", "diverged", "error")
+THROUGHPUT = ("tokens_per_s", "mfu")
 CONFIG_PREFIX = "config."
 
 
@@ -97,12 +98,24 @@ def collect_results(grid: ResultGrid) -> SweepResults:
             "compute": last.get("compute", 0.0),
             "step": last.get("step", 0),
             "error": str(result.error) if result.error else "",
+            **_throughput(history),
         }
         row.update({f"{CONFIG_PREFIX}{k}": v for k, v in sorted(result.config.items())})
         trial_rows.append(row)
     trials = pd.DataFrame(trial_rows)
     metrics = pd.concat(metric_frames, ignore_index=True) if metric_frames else pd.DataFrame({"trial_id": []})
     return SweepResults(trials.sort_values(OBJECTIVE, na_position="last", ignore_index=True), metrics)
+
+
+def _throughput(history: pd.DataFrame | None) -> dict[str, float]:
+    """A trial's typical ``tokens_per_s`` and ``mfu``: medians over its reports after the first, whose
+    interval holds compilation and warm-up (over all of them when there is one)."""
+    typical = {}
+    for key in THROUGHPUT:
+        values = history[key].dropna() if history is not None and key in history else pd.Series(dtype=float)
+        if not values.empty:
+            typical[key] = float(values.iloc[1:].median() if len(values) > 1 else values.iloc[0])
+    return typical
 
 
 def write_results(results: SweepResults, directory: Path) -> list[Path]:
@@ -135,6 +148,10 @@ def format_table(trials: pd.DataFrame, knobs: Sequence[str], top: int | None = N
     shown.insert(0, "rank", range(1, len(shown) + 1))
     shown[OBJECTIVE] = shown[OBJECTIVE].map(lambda v: f"{v:.4f}" if _finite(v) else "-")
     shown["compute"] = shown["compute"].map(lambda v: f"{v:.3g}")
+    if "tokens_per_s" in table:
+        shown["tokens/s"] = table["tokens_per_s"].map(lambda v: f"{v:,.0f}" if _finite(v) else "-")
+    if "mfu" in table and table["mfu"].notna().any():
+        shown["mfu"] = table["mfu"].map(lambda v: f"{v:.1%}" if _finite(v) else "-")
     for knob in knobs:
         column = table.get(f"{CONFIG_PREFIX}{knob}")
         shown[knob] = ["-" if v is None or v != v else _short(v) for v in column] if column is not None else "-"

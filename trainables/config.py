@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, SerializeAsAn
 
 from trainables.model import ModelConfig
 from trainables.schedules import SCHEDULES, Schedule, parse_schedule, schedule_class
+from trainables.speed import PRECISIONS
 from trainables.step_rules import STEP_RULES, step_rule_class
 
 # A trial shorter than this cannot warm up, evaluate and decay meaningfully.
@@ -103,6 +104,13 @@ class TrialConfig(BaseModel):
     checkpoint_every: int = Field(10, ge=0, description="reports between checkpoints of a Tune trial; 0: none")
     gns: bool = Field(False, description="report the gradient noise scale (extra backward passes at each report)")
     target_loss: float | None = Field(None, gt=0, description="stop at the first report with val_loss at or below it")
+    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
+        "fp32", description="arithmetic of forward passes: bf16 autocast, or fp32 (docs/spec.md)"
+    )
+    compile: bool = Field(False, description="torch.compile the model's training step (compiled at the first step)")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="samples per forward and backward on a worker; the batch's gradient accumulates"
+    )
     optimizer: OptimizerConfig = OptimizerConfig()
     # The family ``schedule.name`` names, looked up in the registry (so only that family's module is
     # imported) rather than a pydantic discriminated union, whose errors would sit at
@@ -121,6 +129,21 @@ class TrialConfig(BaseModel):
             raise ValueError(
                 f"optimizer.name {self.optimizer.name} sets or shapes its own rate; schedule.name must be "
                 f"constant (got {self.schedule.name})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _rule_runs_so(self) -> TrialConfig:
+        rule = step_rule_class(self.optimizer.name)
+        if self.precision != "fp32" and not rule.mixed_precision:
+            raise ValueError(
+                f"optimizer.name {self.optimizer.name} compares losses or gradients too finely for "
+                f"{self.precision}; precision must be fp32"
+            )
+        if self.micro_batch_size is not None and self.micro_batch_size < self.batch_size and not rule.accumulates:
+            raise ValueError(
+                f"optimizer.name {self.optimizer.name} evaluates its loss on the whole batch at once; "
+                f"micro_batch_size {self.micro_batch_size} must not be below batch_size {self.batch_size}"
             )
         return self
 

@@ -12,12 +12,19 @@ work done (T positions a sample in either phase), ``tokens`` by the data read
 (K times more in a patch step). The first report also says what the trial trained on
 (``selection_documents``, ``selection_tokens`` and, when the sweep has
 embeddings, ``selection_h_min``, ``selection_mean_nn``,
-``selection_covering_radius``). A non-finite loss ends the run at once with
-``diverged = 1``.
+``selection_covering_radius``). ``tokens_per_s`` is the data read per second
+of training since the last report and, on a GPU whose peak is known
+(``trainables.throughput``), ``mfu`` the share of that peak the work used.
+
+The host reads the device only at reports: the training loss is summed on
+the device, so a non-finite loss ends the run at the next report, with
+``diverged = 1``. The speed settings (``precision``, ``compile``,
+``micro_batch_size``) are in ``trainables.speed`` and docs/spec.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
@@ -30,15 +37,19 @@ import torch
 
 from trainables.config import TrialConfig
 from trainables.data.prepare import SweepData
-from trainables.model import GPT
+from trainables.model import GPT, ModelConfig, model_flops_utilisation
 from trainables.noise_scale import NoiseScale, probe
 from trainables.patch import PatchBatcher, TrainingLoss
-from trainables.step_rules import StepRule, build_step_rule, step_rule_class
+from trainables.speed import autocast, compiled, to_device, use_tf32_for_training
+from trainables.step_rules import StepRule, TrainingBatch, build_step_rule, step_rule_class
+from trainables.throughput import peak_flops
 from trainables.workers import Workers
 
 ALONE = Workers()
 
-REPORTED_METRICS = ("step", "tokens", "compute", "train_loss", "val_loss", "lr", "lr_sum", "wall_s", "patch_phase")
+REPORTED_METRICS = (
+    "step", "tokens", "compute", "train_loss", "val_loss", "lr", "lr_sum", "wall_s", "patch_phase", "tokens_per_s",
+)  # fmt: skip
 # Reported values that are labels, not numbers.
 REPORTED_LABELS = ("phase",)
 OBJECTIVE = "final_val_loss"
@@ -58,7 +69,9 @@ class TrainOutcome:
     final_val_loss: float | None
 
 
-def evaluate(model: GPT, windows: torch.Tensor, batch_size: int = 64, workers: Workers = ALONE) -> float:
+def evaluate(
+    model: GPT, windows: torch.Tensor, batch_size: int = 64, workers: Workers = ALONE, precision: str = "fp32"
+) -> float:
     """Mean token-level cross-entropy over validation windows of ``seq_len + 1`` tokens (shared by workers)."""
     was_training = model.training
     model.eval()
@@ -66,7 +79,8 @@ def evaluate(model: GPT, windows: torch.Tensor, batch_size: int = 64, workers: W
     count = 0
     with torch.no_grad():
         for chunk in workers.shard(windows).split(batch_size):
-            logits = model(chunk[:, :-1])
+            with autocast(windows.device, precision):
+                logits = model(chunk[:, :-1])
             total += torch.nn.functional.cross_entropy(
                 logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum"
             ).double()
@@ -114,6 +128,7 @@ def train_lm(
     first_report = {**data.selection_metrics(documents), "workers": float(workers.world_size)}
     torch.manual_seed(cfg.seed)
     model = GPT(cfg.model).to(device)
+    use_tf32_for_training(device)
     lrs, momenta = cfg.planned_lrs(), cfg.planned_momenta()
     k, step_compute = cfg.patch.K, cfg.tokens_per_step
     batcher = PatchBatcher(
@@ -134,7 +149,10 @@ def train_lm(
     # reach the wrapper's hooks), evaluation, the step rules' parameters and checkpoints (whose keys
     # stay the model's).
     training_loss = TrainingLoss(model)
-    trained = workers.prepare(training_loss)
+    trained = workers.prepare(compiled(training_loss, cfg.compile))
+    # A data-parallel wrapper averages gradients at every backward unless told to wait (micro-batches).
+    no_sync = getattr(trained, "no_sync", contextlib.nullcontext)
+    throughput = _Throughput(cfg.model, peak_flops(device, cfg.precision), workers.world_size)
     reports = 0
 
     def send(metrics: dict[str, float | str], rule: StepRule) -> None:
@@ -148,6 +166,7 @@ def train_lm(
             save(metrics, {**state, **_rng_states(device), "run": asdict(run)})
         else:
             report(metrics)
+        throughput.restart(run)  # evaluation and checkpoints are not training time
 
     for index, (phase, phase_steps, budget) in enumerate(
         zip(("patch", "token"), cfg.phase_steps, cfg.phase_budgets, strict=True)
@@ -161,16 +180,21 @@ def train_lm(
             rule.load_state_dict(resume["rule"])
         else:
             run.phase, run.spent = index, 0.0
+        forward = functools.partial(_forward, trained, patch_size, cfg.precision)
+        throughput.restart(run)
+        loss_sum, loss_count = torch.zeros((), dtype=torch.float64, device=device), 0
         while _fits(run.spent, rule.min_cost * step_compute, budget):
             run.step += 1
-            window = workers.shard(batcher.patch_batch() if patched else batcher.token_batch()).to(device)
+            window = to_device(workers.shard(batcher.patch_batch() if patched else batcher.token_batch()), device)
             step_loss, lr, cost = rule.step(
-                functools.partial(trained, window, patch_size),
+                TrainingBatch(forward, window, cfg.micro_batch_size, no_sync),
                 float(lrs[run.step - 1]) if lrs is not None else cfg.scaled_peak_lr,
                 float(momenta[run.step - 1]) if momenta is not None else None,
             )
-            # Read at every step: a non-finite loss ends the run at once, on every worker at the same step.
-            loss_value = workers.mean(step_loss.double()).item()
+            # Summed on the device and read at the next report: reading it every step would make the host
+            # wait for the device at every step.
+            loss_sum += step_loss.double()
+            loss_count += 1
             run.spent += cost * step_compute
             run.compute += cost * step_compute
             run.tokens += batcher.tokens_per_patch_batch if patched else batcher.tokens_per_token_batch
@@ -184,38 +208,32 @@ def train_lm(
                 "phase": phase,
                 "patch_phase": float(patched),
             }
-            if not math.isfinite(loss_value):
-                wall = time.perf_counter() - start
-                report(
-                    {
-                        **first_report,
-                        **progress,
-                        "wall_s": wall,
-                        "train_loss": loss_value,
-                        "val_loss": math.nan,
-                        DIVERGED: 1.0,
-                    }
-                )
-                return TrainOutcome("diverged", run.step, None)
-            run.loss_sum += loss_value
-            run.loss_count += 1
             phase_done = not _fits(run.spent, rule.min_cost * step_compute, budget)
             if run.step % cfg.eval_every and not phase_done:
                 continue
+            train_loss = workers.mean(loss_sum).item() / loss_count
+            progress.update(throughput.measure(run))  # after the read, which waits for the device's work
+            loss_sum.zero_()
+            loss_count = 0
+            if not math.isfinite(train_loss):
+                # Every worker reads the same mean, so all end at the same step.
+                wall = time.perf_counter() - start
+                report({**first_report, **progress, "wall_s": wall, "train_loss": train_loss, "val_loss": math.nan,
+                        DIVERGED: 1.0})  # fmt: skip
+                return TrainOutcome("diverged", run.step, None)
             if noise is not None:
                 measured = probe(model, functools.partial(training_loss, patch_size=patch_size), window, workers)
                 if measured is not None:
                     noise.update(*measured)
             rule.eval()
-            val_loss = evaluate(model, val_windows, workers=workers)
+            val_loss = evaluate(model, val_windows, workers=workers, precision=cfg.precision)
             rule.train()
             metrics = {
                 **progress,
                 "wall_s": time.perf_counter() - start,
-                "train_loss": run.loss_sum / run.loss_count,
+                "train_loss": train_loss,
                 "val_loss": val_loss,
             }
-            run.loss_sum, run.loss_count = 0.0, 0
             if noise is not None and math.isfinite(noise.value):
                 metrics["gns"] = noise.value
             if not math.isfinite(val_loss):
@@ -245,9 +263,34 @@ class _RunState:
     compute: float = 0.0
     lr_sum: float = 0.0
     spent: float = 0.0  # compute spent in the current phase
-    loss_sum: float = 0.0
-    loss_count: int = 0
     last_eval: tuple[int, float] | None = None  # (step, val_loss) of the last report
+
+
+class _Throughput:
+    """Tokens per second and MFU over the training time since the last report (evaluation left out)."""
+
+    def __init__(self, model: ModelConfig, peak_flops: float | None, devices: int) -> None:
+        self._model = model
+        self._peak = None if peak_flops is None else peak_flops * devices
+        self._since = (time.perf_counter(), 0, 0.0)
+
+    def restart(self, run: _RunState) -> None:
+        self._since = (time.perf_counter(), run.tokens, run.compute)
+
+    def measure(self, run: _RunState) -> dict[str, float]:
+        """``tokens_per_s`` (data read) and, on a device with a known peak, ``mfu`` (work done, all devices)."""
+        start, tokens, compute = self._since
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        metrics = {"tokens_per_s": (run.tokens - tokens) / elapsed}
+        if self._peak is not None:
+            metrics["mfu"] = model_flops_utilisation(self._model, (run.compute - compute) / elapsed, self._peak)
+        return metrics
+
+
+def _forward(trained: torch.nn.Module, patch_size: int, precision: str, rows: torch.Tensor) -> torch.Tensor:
+    """The training loss of ``rows`` through the (wrapped, compiled) loss module, in the trial's precision."""
+    with autocast(rows.device, precision):
+        return trained(rows, patch_size)
 
 
 def _crossing(before: tuple[int, float] | None, now: tuple[int, float], target: float) -> float:

@@ -30,17 +30,35 @@ class ModelConfig:
     n_layer: int = Field(4, ge=1)
     n_head: int = Field(4, ge=1)
     d_model: int = Field(128, ge=1)
+    vocab_multiple: int = Field(1, ge=1, description="embedding rows rounded up to a multiple of this")
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
 
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and the LM head: ``vocab_size`` rounded up to ``vocab_multiple``.
 
-# Named sizes a spec can ask for; every field can still be overridden.
+        Tensor cores run the head's matrix product fastest with a multiple of 64 (nanoGPT pads GPT-2's
+        50,257 to 50,304); the extra rows are never targets, so training pushes their logits down.
+        """
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
+
+
+# Named sizes a spec can ask for; every field can still be overridden. The sized presets are named by
+# their non-embedding parameters (``count_parameters``): 25M and 100M as in the Multi-Power-Law paper,
+# GPT-2 small's shape (124M with GPT-2's vocabulary) and GPT-2 medium's (350M); they pad the vocabulary
+# for tensor cores.
+_PADDED = {"seq_len": 1024, "vocab_multiple": 64}
 MODEL_PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"seq_len": 64, "n_layer": 2, "n_head": 2, "d_model": 64},
     "small": {"seq_len": 128, "n_layer": 4, "n_head": 4, "d_model": 128},
     "base": {"seq_len": 256, "n_layer": 6, "n_head": 6, "d_model": 384},
+    "25m": {**_PADDED, "n_layer": 8, "n_head": 8, "d_model": 512},
+    "100m": {**_PADDED, "n_layer": 14, "n_head": 12, "d_model": 768},
+    "124m": {**_PADDED, "n_layer": 12, "n_head": 12, "d_model": 768},
+    "350m": {**_PADDED, "n_layer": 24, "n_head": 16, "d_model": 1024},
 }
 
 
@@ -91,7 +109,7 @@ class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.tok_emb = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model)
         self.blocks = nn.ModuleList(_Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model)
@@ -136,7 +154,7 @@ def count_parameters(cfg: ModelConfig, *, non_embedding: bool = True) -> int:
     per_block = 4 * d * d + 8 * d * d + 4 * d  # attention, MLP, two LayerNorms
     total = cfg.n_layer * per_block + 2 * d  # final LayerNorm
     if not non_embedding:
-        total += cfg.vocab_size * d + cfg.seq_len * d
+        total += cfg.padded_vocab_size * d + cfg.seq_len * d
     return total
 
 
@@ -146,7 +164,7 @@ def flops_per_token(cfg: ModelConfig) -> float:
     6 FLOPs per non-embedding parameter, the tied LM head's matmul, and the
     attention scores over a full context.
     """
-    head = 6 * cfg.d_model * cfg.vocab_size
+    head = 6 * cfg.d_model * cfg.padded_vocab_size
     attention = 12 * cfg.n_layer * cfg.d_model * cfg.seq_len
     return 6 * count_parameters(cfg) + head + attention
 

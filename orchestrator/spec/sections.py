@@ -43,6 +43,7 @@ class ModelSection(Section):
     n_layer: int | None = None
     n_head: int | None = None
     d_model: int | None = None
+    vocab_multiple: int | None = None
 
 
 class ResourcesSection(Section):

@@ -21,7 +21,7 @@ from orchestrator.cli.main import main
 from orchestrator.importance import knob_importances
 from orchestrator.layout import SweepLayout, SweepRecord
 from orchestrator.mlflow_runs import TRIAL_ID_TAG, ensure_experiment, finish_parent_run, open_parent_run
-from orchestrator.results import SweepResults
+from orchestrator.results import SweepResults, format_table
 from orchestrator.spec import parse_spec
 from orchestrator.sweep_artifacts import TRIAL_PLOT, log_sweep_artifacts
 from tests.conftest import tiny_spec
@@ -231,3 +231,14 @@ def test_no_importances_when_no_knob_varies() -> None:
     spec = parse_spec(tiny_spec(search={"batch_size": {"choice": [8, 16]}}))
     trials = _trials(4).assign(**{"config.batch_size": 8})
     assert knob_importances(trials, spec.knobs).empty
+
+
+def test_the_results_table_shows_throughput_and_mfu_where_known() -> None:
+    trials = pd.DataFrame(
+        {"trial_id": ["a", "b"], "status": ["completed"] * 2, OBJECTIVE: [2.0, 1.0], "compute": [1e6, 1e6],
+         "tokens_per_s": [123_456.0, 98_765.4], "mfu": [0.412, math.nan], "config.peak_lr": [1e-3, 3e-3]}
+    )  # fmt: skip
+    lines = format_table(trials, ["peak_lr"], top=2).splitlines()
+    assert lines[0].split() == ["rank", "trial_id", "status", OBJECTIVE, "compute", "tokens/s", "mfu", "peak_lr"]
+    assert lines[1].split()[1:] == ["b", "completed", "1.0000", "1e+06", "98,765", "-", "0.003"]
+    assert lines[2].split()[5:7] == ["123,456", "41.2%"]

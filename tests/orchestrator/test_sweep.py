@@ -95,6 +95,7 @@ def test_parquet_export_has_every_report_of_every_trial(e2e_sweep: Sweep) -> Non
     metrics = pd.read_parquet(e2e_sweep.root / "results" / "metrics.parquet")
     assert len(trials) == 4 and trials["status"].eq("completed").all()
     assert trials[OBJECTIVE].is_monotonic_increasing
+    assert (trials["tokens_per_s"] > 0).all() and "mfu" not in trials  # a CPU has no known peak
     assert set(REPORTED_METRICS) <= set(metrics.columns)
     for trial_id, reports in metrics.groupby("trial_id"):
         assert reports["step"].is_monotonic_increasing
@@ -108,6 +109,9 @@ def test_results_command_lists_trials_best_first(e2e_sweep: Sweep, capsys: pytes
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     losses = [row[OBJECTIVE] for row in rows]
     assert len(rows) == 4 and losses == sorted(losses)
+    assert main(["results", str(e2e_sweep.root)]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert "tokens/s" in header and "mfu" not in header
     assert main(["results", str(e2e_sweep.root), "--top", "2"]) == 0
     output = capsys.readouterr().out
     table = output.split("\n\n")[0].splitlines()

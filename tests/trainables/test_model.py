@@ -11,8 +11,25 @@ from trainables.model import GPT, MODEL_PRESETS, ModelConfig, count_parameters, 
 @pytest.mark.parametrize("size", MODEL_PRESETS)
 def test_parameter_count_matches_the_module(size: str) -> None:
     cfg = ModelConfig(**MODEL_PRESETS[size])
-    model = GPT(cfg)
+    with torch.device("meta"):  # shapes only: the 350M preset would take a while to initialise
+        model = GPT(cfg)
     assert count_parameters(cfg, non_embedding=False) == sum(p.numel() for p in model.parameters())
+    assert model.tok_emb.weight.shape[0] == cfg.padded_vocab_size
+
+
+@pytest.mark.parametrize(("size", "millions"), [("25m", 25), ("100m", 100)])
+def test_sized_presets_hold_the_parameters_they_are_named_by(size: str, millions: int) -> None:
+    cfg = ModelConfig(**MODEL_PRESETS[size])
+    assert count_parameters(cfg) == pytest.approx(millions * 1e6, rel=0.02)
+    assert cfg.padded_vocab_size % 64 == 0 and cfg.padded_vocab_size >= cfg.vocab_size
+
+
+@pytest.mark.parametrize(("size", "gpt2_millions"), [("124m", 124.4), ("350m", 354.8)])
+def test_gpt2_shaped_presets_hold_gpt2s_parameters_with_its_vocabulary(size: str, gpt2_millions: float) -> None:
+    # GPT-2's linear layers carry biases, these do not: within 1% of the published sizes.
+    cfg = ModelConfig(**{**MODEL_PRESETS[size], "vocab_size": 50257})
+    assert cfg.padded_vocab_size == 50304
+    assert count_parameters(cfg, non_embedding=False) == pytest.approx(gpt2_millions * 1e6, rel=0.01)
 
 
 def test_flops_estimate_follows_the_formula() -> None:

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from trainables.registry import Registry
-from trainables.step_rules.base import StepRule
+from trainables.step_rules.base import StepRule, TrainingBatch
 
 if TYPE_CHECKING:
     from trainables.config import TrialConfig
 
-__all__ = ["STEP_RULES", "StepRule", "build_step_rule", "register_step_rule", "step_rule_class"]
+__all__ = ["STEP_RULES", "StepRule", "TrainingBatch", "build_step_rule", "register_step_rule", "step_rule_class"]
 
 STEP_RULES: Registry[StepRule] = Registry(
     "step rule",

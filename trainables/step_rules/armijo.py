@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from trainables.step_rules.base import FORWARD_COST, LossFn, StepRule, trained_parameters
+from trainables.step_rules.base import FORWARD_COST, StepRule, TrainingBatch, trained_parameters
 
 if TYPE_CHECKING:
     from trainables.config import TrialConfig
@@ -121,6 +121,8 @@ class ArmijoRule(StepRule):
 
     chooses_own_rate = True
     single_worker_only = True
+    mixed_precision = False  # its sufficient-decrease test compares losses closer than bf16 resolves
+    accumulates = False  # the line search evaluates the whole batch's loss at each trial step
     extra_compute_per_step = FORWARD_COST  # at least one trial step's forward pass
 
     @classmethod
@@ -137,7 +139,7 @@ class ArmijoRule(StepRule):
         super().load_state_dict(state)
         self.optimizer.step_size = state["step_size"]
 
-    def step(self, loss_fn: LossFn, lr: float, momentum: float | None = None) -> tuple[torch.Tensor, float, float]:
-        loss = self.optimizer.step(loss_fn)
+    def step(self, batch: TrainingBatch, lr: float, momentum: float | None = None) -> tuple[torch.Tensor, float, float]:
+        loss = self.optimizer.step(batch)
         found = self.optimizer.last
         return loss.detach(), found.step_size, 1.0 + FORWARD_COST * (found.evaluations - 1)

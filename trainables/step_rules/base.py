@@ -8,8 +8,10 @@ See docs/schedules.md.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -18,8 +20,57 @@ from torch import nn
 if TYPE_CHECKING:
     from trainables.config import TrialConfig
 
-LossFn = Callable[[], torch.Tensor]
 FORWARD_COST = 1.0 / 3.0  # a forward pass is about a third of a forward and backward
+
+
+class TrainingBatch:
+    """A worker's rows of one global batch, as a step rule trains on them.
+
+    Called, it gives the loss of all the rows at the current weights with its graph (the closure of a rule
+    that evaluates the loss at several weights). ``backward`` accumulates the gradient of that loss over
+    micro-batches of at most ``micro_batch_size`` rows, each weighted by its share of the rows, so the
+    gradient is the whole batch's whatever the micro-batch; ``no_sync`` (a data-parallel wrapper's) keeps
+    the workers from averaging gradients before the last micro-batch.
+
+    Example:
+        >>> w = torch.nn.Parameter(torch.ones(1))
+        >>> batch = TrainingBatch(lambda rows: (w * rows).mean(), torch.arange(4.0), micro_batch_size=1)
+        >>> batch.backward().item(), w.grad.item()
+        (1.5, 1.5)
+    """
+
+    def __init__(
+        self,
+        loss: Callable[[torch.Tensor], torch.Tensor],
+        rows: torch.Tensor,
+        micro_batch_size: int | None = None,
+        no_sync: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+    ) -> None:
+        if micro_batch_size is not None and micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be at least 1, got {micro_batch_size}")
+        self._loss = loss
+        self._rows = rows
+        self._micro = micro_batch_size or len(rows)
+        self._no_sync = no_sync
+
+    def __call__(self) -> torch.Tensor:
+        return self._loss(self._rows)
+
+    def backward(self) -> torch.Tensor:
+        """Accumulate the batch loss's gradient into the parameters' ``grad``; returns the loss, detached."""
+        if self._micro >= len(self._rows):
+            loss = self._loss(self._rows)
+            loss.backward()
+            return loss.detach()
+        chunks = self._rows.split(self._micro)
+        total = torch.zeros((), device=self._rows.device)
+        for index, chunk in enumerate(chunks):
+            last = index == len(chunks) - 1
+            with contextlib.nullcontext() if last else self._no_sync():
+                loss = self._loss(chunk) * (len(chunk) / len(self._rows))
+                loss.backward()
+            total += loss.detach()
+        return total
 
 
 class StepRule(ABC):
@@ -34,6 +85,10 @@ class StepRule(ABC):
     extra_compute_per_step: ClassVar[float] = 0.0
     # Its step depends on the batch's rows, so data-parallel workers would each step differently.
     single_worker_only: ClassVar[bool] = False
+    # It trains under bf16 autocast: it does not compare losses or gradients finer than bf16 resolves.
+    mixed_precision: ClassVar[bool] = True
+    # Its gradient may be accumulated over micro-batches: it needs no loss of the whole batch at once.
+    accumulates: ClassVar[bool] = True
 
     def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module, grad_clip: float) -> None:
         self.optimizer = optimizer
@@ -50,7 +105,7 @@ class StepRule(ABC):
         """The least compute a step can take, in training steps."""
         return 1.0 + self.extra_compute_per_step
 
-    def step(self, loss_fn: LossFn, lr: float, momentum: float | None = None) -> tuple[torch.Tensor, float, float]:
+    def step(self, batch: TrainingBatch, lr: float, momentum: float | None = None) -> tuple[torch.Tensor, float, float]:
         """One step; the loss at the weights before it, the rate used and the compute spent, in training steps.
 
         The loss stays a detached tensor on the training device: the caller reduces it over the workers
@@ -63,17 +118,16 @@ class StepRule(ABC):
                     group["betas"] = (momentum, group["betas"][1])
                 else:
                     group["momentum"] = momentum
-        loss = self._backward(loss_fn)
+        loss = self._backward(batch)
         self.optimizer.step()
         return loss, lr, 1.0
 
-    def _backward(self, loss_fn: LossFn) -> torch.Tensor:
+    def _backward(self, batch: TrainingBatch) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn()
-        loss.backward()
+        loss = batch.backward()
         if self.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        return loss.detach()
+        return loss
 
     # Optional hooks, no-ops for a rule that keeps one set of weights (schedule-free keeps two).
     def train(self) -> None:  # noqa: B027

@@ -14,7 +14,7 @@ import schedulefree
 import torch
 from torch import nn
 
-from trainables.step_rules.base import LossFn, StepRule, decay_groups
+from trainables.step_rules.base import StepRule, TrainingBatch, decay_groups
 
 if TYPE_CHECKING:
     from trainables.config import TrialConfig
@@ -35,8 +35,8 @@ class ScheduleFreeRule(StepRule):
     def _optimizer(groups: list[dict[str, Any]], cfg: TrialConfig, *, warmup_steps: int) -> torch.optim.Optimizer:
         """The schedule-free optimizer over ``groups``."""
 
-    def step(self, loss_fn: LossFn, lr: float, momentum: float | None = None) -> tuple[torch.Tensor, float, float]:
-        loss = self._backward(loss_fn)
+    def step(self, batch: TrainingBatch, lr: float, momentum: float | None = None) -> tuple[torch.Tensor, float, float]:
+        loss = self._backward(batch)
         self.optimizer.step()
         return loss, self.optimizer.param_groups[0]["scheduled_lr"], 1.0
 

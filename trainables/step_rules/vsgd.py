@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from trainables.step_rules.base import LossFn, StepRule, trained_parameters
+from trainables.step_rules.base import StepRule, TrainingBatch, trained_parameters
 
 if TYPE_CHECKING:
     from trainables.config import TrialConfig
@@ -120,12 +120,14 @@ class VSGDRule(StepRule):
 
     chooses_own_rate = True
     single_worker_only = True
+    mixed_precision = False  # its curvature is a difference of gradients at nearby weights, lost in bf16
+    accumulates = False  # it takes the whole batch's gradient at two weights per step
     extra_compute_per_step = 1.0  # the second gradient, at w + d
 
     @classmethod
     def build(cls, model: nn.Module, cfg: TrialConfig, *, steps: int, batches_per_epoch: int) -> VSGDRule:
         return cls(VSGD(trained_parameters(model)), model, 0.0)
 
-    def step(self, loss_fn: LossFn, lr: float, momentum: float | None = None) -> tuple[torch.Tensor, float, float]:
-        loss = self.optimizer.step(loss_fn)
+    def step(self, batch: TrainingBatch, lr: float, momentum: float | None = None) -> tuple[torch.Tensor, float, float]:
+        loss = self.optimizer.step(batch)
         return loss.detach(), self.optimizer.last_rate, self.min_cost

@@ -16,7 +16,7 @@ from trainables.data.prepare import SweepData
 from trainables.loop import train_lm
 from trainables.model import GPT, ModelConfig
 from trainables.patch import PatchBatcher
-from trainables.step_rules import build_step_rule
+from trainables.step_rules import TrainingBatch, build_step_rule
 
 
 def _config(**settings: Any) -> TrialConfig:
@@ -37,7 +37,7 @@ def test_every_accepted_line_search_step_satisfies_armijo(lee32: SweepData) -> N
     found = []
     for _ in range(60):
         window = batcher.token_batch()
-        rule.step(lambda w=window: model.loss(w[:, :-1], w[:, 1:]), cfg.peak_lr)
+        rule.step(TrainingBatch(lambda rows: model.loss(rows[:, :-1], rows[:, 1:]), window), cfg.peak_lr)
         found.append(rule.optimizer.last)
     assert all(step.satisfies_armijo(0.1) for step in found)
     assert any(step.evaluations > 2 for step in found)  # it did have to backtrack
