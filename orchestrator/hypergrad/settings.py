@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from orchestrator.spec import SweepSpec
 
 # What the searcher learns itself, or what the reversible trainer does not do.
+# The reversible trainer's arithmetic is exact fixed point on the whole batch: the speed settings do not apply.
 _OWNED = ("peak_lr", "weight_decay", "lr_scaling", "grad_clip", "optimizer.", "schedule.", "patch.", "target_loss",
-          "gns")  # fmt: skip
+          "gns", "precision", "compile", "micro_batch_size")  # fmt: skip
 
 
 class HypergradSettings(SearcherSection):
@@ -63,7 +64,8 @@ class HypergradSettings(SearcherSection):
             problems.append(
                 f"{where}: the hypergrad searcher sets this itself or does without (rates, momentum and weight "
                 "decay are learned, the optimizer is reversible SGD with momentum at token level, each chain has "
-                "its own seed, and every meta-iteration trains its whole budget); drop it"
+                "its own seed, and every meta-iteration trains its whole budget, on whole batches in exact fixed-point "
+                "arithmetic); drop it"
             )
         if context.scheduler.name != "fifo":
             problems.append(f"scheduler.name: the hypergrad searcher needs every meta-iteration to finish; use "

@@ -339,6 +339,8 @@ HYPERGRAD_PROBLEMS = {
     "blocks": ({"searcher": {"name": "hypergrad", "blocks": 20}}, "searcher.blocks: 20 blocks need"),
     "trials": ({"trials": 3}, "trials: the hypergrad searcher runs at most"),
     "patch": ({"train": {"patch.K": 4, "patch.share": 0.5}}, "train.patch.K: the hypergrad searcher sets"),
+    "bf16": ({"train": {"precision": "bf16"}}, "train.precision: the hypergrad searcher sets"),
+    "micro-batches": ({"train": {"micro_batch_size": 4}}, "train.micro_batch_size: the hypergrad searcher sets"),
 }
 
 
