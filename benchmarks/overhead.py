@@ -119,7 +119,7 @@ def mlflow_throughput(root: Path, points: int, single_points: int) -> dict[str, 
     client = MlflowClient(f"sqlite:///{root / 'throughput.db'}")
     experiment = client.create_experiment("throughput")
     parent = client.create_run(experiment).info.run_id
-    writer = RunWriter(client, experiment, parent, root / "throughput.jsonl")
+    writer = RunWriter(client.tracking_uri, experiment, parent, root / "throughput.jsonl")
     writer.open_trial("t", "throughput", {}, live=["t"])
     writer.flush()  # the run exists and the store's tables are open before the clock starts
     names = ["step", "tokens", "compute", "train_loss", "val_loss", "lr", "lr_sum", "wall_s", "extra", "more"]

@@ -3,15 +3,16 @@
 Everything is logged from the Tune driver, so trials never talk to the
 tracking server; the writes themselves go through a ``RunWriter``
 (``orchestrator.run_writer``): journaled in the sweep directory, sent in
-batches by a background thread, replayed without duplicates after a crash.
+batches by a writer process, replayed without duplicates after a crash.
 Besides the trials' reports it logs what the sweep's hooks feed it
 (``SweepHooks.metric_feeds``). See ``docs/architecture.md``.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,20 +46,13 @@ class MlflowTrialCallback(Callback):
     def setup(self, **info: Any) -> None:
         layout = SweepLayout(self.sweep_dir)
         record = SweepRecord.load(layout)
-        self._pictures = SelectionPictures.load(layout.selection_dir)
+        pictures = SelectionPictures.load(layout.selection_dir)
         self._writer = RunWriter(
-            MlflowClient(record.tracking_uri), record.experiment_id, record.parent_run_id, layout.tracking_journal,
-            on_open=self._log_selection_picture,
+            record.tracking_uri, record.experiment_id, record.parent_run_id, layout.tracking_journal,
+            on_open=None if pictures is None else functools.partial(_log_selection_picture, pictures),
         )  # fmt: skip
         self._feeds = [feed for hooks in self.hooks for feed in hooks.metric_feeds(self.sweep_dir)]
         self._opened: set[str] = set()
-
-    def _log_selection_picture(self, client: MlflowClient, run_id: str, config: dict[str, Any]) -> None:
-        if self._pictures is None or "selection.strategy" not in config:
-            return
-        picture = self._pictures.draw(config["selection.strategy"], config.get("selection.fraction", 1.0))
-        if picture is not None:
-            client.log_artifact(run_id, str(picture), "selection")
 
     def _open(self, trial: Trial, trials: list[Trial]) -> None:
         if trial.trial_id not in self._opened:
@@ -103,6 +97,17 @@ class MlflowTrialCallback(Callback):
         self._log_feeds()
         self._writer.reconcile({t.trial_id: _final_status(t) for t in trials})
         self._writer.close()
+
+
+def _log_selection_picture(
+    pictures: SelectionPictures, client: MlflowClient, run_id: str, config: Mapping[str, Any]
+) -> None:
+    """A trial's picture of its selected documents, drawn by the writer process when it opens the trial's run."""
+    if "selection.strategy" not in config:
+        return
+    picture = pictures.draw(config["selection.strategy"], config.get("selection.fraction", 1.0))
+    if picture is not None:
+        client.log_artifact(run_id, str(picture), "selection")
 
 
 def _final_status(trial: Trial) -> str | None:

@@ -30,7 +30,7 @@ from ray.cluster_utils import Cluster
 
 from orchestrator.layout import SweepLayout, SweepRecord
 from orchestrator.mlflow_runs import TRIAL_ID_TAG
-from orchestrator.run_writer import STATUS_TAG
+from orchestrator.store_writer import STATUS_TAG
 from tests.conftest import EFFSWEEP, REPO, tiny_spec, write_spec
 
 pytestmark = pytest.mark.slow  # real multi-node Ray clusters

@@ -18,10 +18,10 @@ from ray import tune
 
 from orchestrator.cli.main import main
 from orchestrator.mlflow_runs import TRIAL_ID_TAG
-from orchestrator.run_writer import STATUS_TAG
 from orchestrator.schedulers import SCHEDULERS
 from orchestrator.schedulers.fifo import FIFOSettings
 from orchestrator.spec import SweepSpec, parse_spec
+from orchestrator.store_writer import STATUS_TAG
 from orchestrator.sweep import SweepOutcome, run_sweep
 from orchestrator.sweep_hooks import MetricFeed, SweepEnd, SweepHooks, TrialMetrics, active_hooks
 from tests.conftest import REPO, Sweep, effsweep, tiny_spec, write_spec

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
 import sys
-import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from orchestrator.mlflow_runs import TRIAL_ID_TAG, MetricBatcher, child_runs, ensure_experiment, open_parent_run
-from orchestrator.run_writer import RECONCILED_TAG, STATUS_TAG, WRITER_NICENESS, RunWriter
+from orchestrator.run_writer import WRITER_NICENESS, RunWriter
+from orchestrator.store_writer import RECONCILED_TAG, STATUS_TAG
 
 
 @pytest.fixture()
@@ -84,7 +87,7 @@ def test_experiments_open_on_their_runs_table(client: MlflowClient) -> None:
 def _writer(client: MlflowClient, tmp_path: Path) -> tuple[RunWriter, str, str]:
     experiment = ensure_experiment(client, "writer", None)
     parent = open_parent_run(client, experiment, sweep_name="w", params={}, tags={}, previous_run_id=None)
-    return RunWriter(client, experiment, parent, tmp_path / "journal.jsonl"), experiment, parent
+    return RunWriter(client.tracking_uri, experiment, parent, tmp_path / "journal.jsonl"), experiment, parent
 
 
 def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
@@ -106,7 +109,7 @@ def test_a_replayed_journal_sends_what_a_killed_driver_left_and_nothing_twice(
     run_id = child_runs(client, experiment, parent)["t1"]
     assert _steps(client, run_id, "val_loss") == [10, 20] and client.get_run(run_id).info.status == "RUNNING"
 
-    resumed = RunWriter(client, experiment, parent, tmp_path / "journal.jsonl")
+    resumed = RunWriter(client.tracking_uri, experiment, parent, tmp_path / "journal.jsonl")
     resumed.log_metrics("t1", {"val_loss": 2.8}, step=20, timestamp_ms=99)  # a trial's report seen again
     resumed.close()
     assert child_runs(client, experiment, parent) == {"t1": run_id}
@@ -125,7 +128,7 @@ def test_a_run_of_a_trial_tune_never_recorded_is_taken_over_or_ended(client: Mlf
     taken = child_runs(client, experiment, parent)["lost-a"]
 
     # The resumed sweep suggests lr 0.1 again, as trial "new-a"; it never sees lr 0.2 again.
-    resumed = RunWriter(client, experiment, parent, tmp_path / "journal.jsonl")
+    resumed = RunWriter(client.tracking_uri, experiment, parent, tmp_path / "journal.jsonl")
     resumed.open_trial("new-a", "a", {"lr": 0.1}, live=["new-a"])
     resumed.log_metrics("new-a", {"val_loss": 3.0}, step=10, timestamp_ms=2)
     resumed.finish_trial("new-a", "completed")
@@ -137,32 +140,81 @@ def test_a_run_of_a_trial_tune_never_recorded_is_taken_over_or_ended(client: Mlf
     [gone] = client.search_runs([experiment], run_view_type=ViewType.DELETED_ONLY)
     assert gone.data.tags[TRIAL_ID_TAG] == "lost-b" and gone.info.status == "KILLED"
     # The journal forgets both old trial ids, so a later replay neither re-creates nor revives them.
-    again = RunWriter(client, experiment, parent, tmp_path / "journal.jsonl")
+    again = RunWriter(client.tracking_uri, experiment, parent, tmp_path / "journal.jsonl")
     again.close()
     assert child_runs(client, experiment, parent) == {"new-a": taken}
     assert client.get_run(taken).info.status == "FINISHED"
 
 
+def _hang_until(gate: Path, client: MlflowClient, run_id: str, config: dict) -> None:
+    """An ``on_open`` that holds the writer, as a store that stops answering would."""
+    while not gate.exists():
+        time.sleep(0.05)
+
+
 def test_a_slow_store_does_not_hold_up_the_callers(client: MlflowClient, tmp_path: Path) -> None:
-    writer, experiment, parent = _writer(client, tmp_path)
+    experiment = ensure_experiment(client, "writer", None)
+    parent = open_parent_run(client, experiment, sweep_name="w", params={}, tags={}, previous_run_id=None)
+    gate = tmp_path / "answer"
+    writer = RunWriter(
+        client.tracking_uri,
+        experiment,
+        parent,
+        tmp_path / "journal.jsonl",
+        on_open=functools.partial(_hang_until, gate),
+    )
     writer.open_trial("t1", "one", {}, live=["t1"])
-    assert writer.flush(timeout_s=60)
-    gate = threading.Event()
-    real_log_batch = client.log_batch
-    client.log_batch = lambda *a, **k: (gate.wait(), real_log_batch(*a, **k))[1]  # a store that hangs
     for step in range(200):
         writer.log_metrics("t1", {"loss": float(step)}, step=step, timestamp_ms=step)
     assert not writer.flush(timeout_s=0.5)  # nothing reached the store yet, and no caller waited for it
-    gate.set()
+    gate.touch()
     writer.close()
     assert _steps(client, child_runs(client, experiment, parent)["t1"], "loss") == list(range(200))
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="niceness is per thread on Linux only")
-def test_the_writer_thread_yields_the_cpu_to_the_driver_and_its_trials(client: MlflowClient, tmp_path: Path) -> None:
+def test_the_writer_process_yields_the_cpu_to_the_driver_and_its_trials(client: MlflowClient, tmp_path: Path) -> None:
     writer, _, _ = _writer(client, tmp_path)
-    assert writer.flush(timeout_s=60)  # the thread has started serving
-    caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    assert os.getpriority(os.PRIO_PROCESS, writer._thread.native_id) == max(caller, WRITER_NICENESS)
+    assert writer.flush(timeout_s=60)  # the process has started serving
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert writer.pid != os.getpid()
+    assert os.getpriority(os.PRIO_PROCESS, writer.pid) == max(ours, WRITER_NICENESS)
     writer.close()
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller  # the caller's own is untouched
+    assert os.getpriority(os.PRIO_PROCESS, 0) == ours  # the caller's own is untouched
+
+
+def test_a_writer_whose_driver_died_stops_instead_of_writing_beside_the_next(tmp_path: Path) -> None:
+    # A driver killed with SIGKILL leaves its writer behind; a resume's writer must be the only one.
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _ORPHANING_DRIVER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    writer_pid = int(driver.stdout.readline())
+    driver.kill()
+    driver.wait()
+    deadline = time.monotonic() + 60
+    while _alive(writer_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(writer_pid)
+
+
+_ORPHANING_DRIVER = """
+import sys, time
+from pathlib import Path
+from mlflow.tracking import MlflowClient
+from orchestrator.run_writer import RunWriter
+folder = Path(sys.argv[1])
+client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+experiment = client.create_experiment("orphan")
+writer = RunWriter(client.tracking_uri, experiment, client.create_run(experiment).info.run_id, folder / "j.jsonl")
+assert writer.flush(timeout_s=120)
+print(writer.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by init) counts as gone.
+    return "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
