@@ -26,25 +26,32 @@ def on_cuda(device: str | torch.device) -> bool:
 
 
 def use_tf32_for_training(device: str | torch.device) -> None:
-    """Let float32 matrix products of training on CUDA run on TF32 tensor cores (``TF32``).
+    """Let float32 matrix products and convolutions of training on CUDA run on TF32 tensor cores (``TF32``).
 
     Code whose exactness rests on float32 products (the uniform order's bounds) turns it off for itself
     (``strict_float32``).
     """
     if on_cuda(device):
-        torch.backends.cuda.matmul.allow_tf32 = TF32
-        torch.backends.cudnn.allow_tf32 = TF32
+        precision = "tf32" if TF32 else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = precision
+        torch.backends.cudnn.conv.fp32_precision = precision
 
 
 @contextlib.contextmanager
 def strict_float32() -> Iterator[None]:
     """Float32 matrix products in full float32 inside the block, whatever TF32 setting is in force."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    # The per-backend settings are what cuBLAS, cuDNN and oneDNN read. Unlike ``allow_tf32`` they can be read
+    # whichever API set them (torch refuses to read ``allow_tf32`` after ``fp32_precision = "tf32"``), and
+    # putting them back leaves ``torch.set_float32_matmul_precision("medium")`` as it was.
+    backends = (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.mkldnn.matmul)
+    saved = [backend.fp32_precision for backend in backends]
+    for backend in backends:
+        backend.fp32_precision = "ieee"
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        for backend, precision in zip(backends, saved, strict=True):
+            backend.fp32_precision = precision
 
 
 def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -11,6 +11,7 @@ and gensim hold, never ``../shared``, and write nothing into the repository.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,15 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], set[str]]] = {
     }),
     "record_curves": ((), {"bank", "trials", "reports", "statuses"}),
     "record_mpl_curves": ((), {"model", "curves", "base_steps", "runs"}),
+    # On the CPU, which every machine has: the same code path as on a GPU, at tiny sizes.
+    "gpu": (("--device", "cpu"), {
+        "device", "torch", "preset", "model_params", "model_params_non_embedding", "flops_per_token", "seq_len",
+        "batch_size", "tokens_per_s", "mfu", "step_s", "peak_memory_gb", "speedup_vs_fp32", "compile_s",
+        "patch_k4_ratio", "patch_k4_step_ratio", "variants", "selection_vectors", "selection_dim", "selection_k",
+        "selection_device", "selection_tf32_in_force", "selection_gpu_s", "selection_gpu_s_at_cpu_k",
+        "selection_cpu_k", "selection_cpu_s", "selection_cpu_threads", "selection_speedup", "selection_identical",
+        "wall_s",
+    }),
 }  # fmt: skip
 
 
@@ -119,8 +129,20 @@ def test_smoke_run_prints_the_full_runs_keys(script: str) -> None:
 
 def test_every_benchmark_script_has_a_smoke_run_here() -> None:
     # A script is what can be run; helper modules (imported by the scripts) have no entry point.
-    scripts = {
-        path.stem for path in (REPO / "benchmarks").glob("*.py") if '__name__ == "__main__"' in path.read_text()
-    }
+    scripts = {path.stem for path in (REPO / "benchmarks").glob("*.py") if '__name__ == "__main__"' in path.read_text()}
     assert {"overhead", "crash"} <= scripts
     assert scripts == set(BENCHMARKS)
+
+
+def test_the_gpu_benchmark_without_cuda_says_it_skipped() -> None:
+    done = subprocess.run(
+        [sys.executable, str(Path("benchmarks") / "gpu.py")],
+        cwd=REPO,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},  # no GPU, even on a machine that has one
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"skipped": "no CUDA"}

@@ -31,7 +31,10 @@ closer than their current distance: a lower bound from a projection onto the
 top principal directions plus the residual norm, one float32 GEMM per chunk
 of points, rules out nearly every pair; the survivors are checked in float32
 over all dimensions and then exactly. The float32 steps only discard pairs
-whose exact distance provably cannot win, with margins derived below.
+whose exact distance provably cannot win, with margins derived below. Those
+margins assume IEEE float32 products: on CUDA with TF32 on (as training turns
+it on), the GEMM would read only 10 mantissa bits, so ``uniform_order`` runs
+with TF32 off whatever the global setting (``trainables.speed.strict_float32``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+
+from trainables.speed import strict_float32
 
 QUANT_BITS = 24
 _SCALE = 2.0 ** (2 * QUANT_BITS)  # squared distances are held in units of 2^-48
@@ -124,34 +129,36 @@ def uniform_order(
     n, dim = q.shape
     k = _check_k(k, n)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    x = torch.from_numpy(q).to(dev)
-    sq = (x * x).sum(1)
-    bounds = _LowerBounds(q, min(directions, dim), dev)
-    x32 = (x / 2.0**QUANT_BITS).to(torch.float32)
-    sq32 = (x32 * x32).sum(1)
-    # Float32 error of a squared distance between vectors of norm <= 1, summed over dim terms.
-    full_margin = 8 * (dim + 3) * _U32
+    # The lower bounds' float32 GEMM must round as IEEE float32 does (see the module docstring).
+    with strict_float32():
+        x = torch.from_numpy(q).to(dev)
+        sq = (x * x).sum(1)
+        bounds = _LowerBounds(q, min(directions, dim), dev)
+        x32 = (x / 2.0**QUANT_BITS).to(torch.float32)
+        sq32 = (x32 * x32).sum(1)
+        # Float32 error of a squared distance between vectors of norm <= 1, summed over dim terms.
+        full_margin = 8 * (dim + 3) * _U32
 
-    start = start_index(q)
-    mind = sq + sq[start] - 2 * (x @ x[start])
-    mind[start] = _PICKED
-    order, dist = [start], [math.inf]
-    while len(order) < k:
-        picks, picked_dist = _certified_picks(x, sq, mind, batch, k - len(order))
-        order.extend(picks.tolist())
-        dist.extend((picked_dist / _SCALE / 2).tolist())
-        new = torch.from_numpy(picks).to(dev)
-        mind[new] = _PICKED
-        rows, cols = bounds.candidates(mind, new)
-        if len(rows):
-            near = sq32[rows] + sq32[new][cols] - 2 * (x32[rows] * x32[new][cols]).sum(1)
-            keep = near < mind[rows].to(torch.float32) / _SCALE + full_margin
-            rows, cols = rows[keep], cols[keep]
-            exact = sq[rows] + sq[new][cols] - 2 * (x[rows] * x[new][cols]).sum(1)
-            mind.scatter_reduce_(0, rows, exact, reduce="amin")
-        if progress:
-            progress(len(order), k)
-    return np.array(order, dtype=np.int64), np.array(dist)
+        start = start_index(q)
+        mind = sq + sq[start] - 2 * (x @ x[start])
+        mind[start] = _PICKED
+        order, dist = [start], [math.inf]
+        while len(order) < k:
+            picks, picked_dist = _certified_picks(x, sq, mind, batch, k - len(order))
+            order.extend(picks.tolist())
+            dist.extend((picked_dist / _SCALE / 2).tolist())
+            new = torch.from_numpy(picks).to(dev)
+            mind[new] = _PICKED
+            rows, cols = bounds.candidates(mind, new)
+            if len(rows):
+                near = sq32[rows] + sq32[new][cols] - 2 * (x32[rows] * x32[new][cols]).sum(1)
+                keep = near < mind[rows].to(torch.float32) / _SCALE + full_margin
+                rows, cols = rows[keep], cols[keep]
+                exact = sq[rows] + sq[new][cols] - 2 * (x[rows] * x[new][cols]).sum(1)
+                mind.scatter_reduce_(0, rows, exact, reduce="amin")
+            if progress:
+                progress(len(order), k)
+        return np.array(order, dtype=np.int64), np.array(dist)
 
 
 def _check_k(k: int, n: int) -> int:
