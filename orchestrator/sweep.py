@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from orchestrator.layout import SweepDirError, SweepLayout, SweepRecord
-from orchestrator.mlflow_runs import child_runs, ensure_experiment, finish_parent_run, open_parent_run
+from orchestrator.mlflow_runs import child_runs, ensure_experiment, finish_parent_run, open_parent_run, tracking_client
 from orchestrator.progress import ConsoleProgress
 from orchestrator.resources import check_cluster, default_concurrency
 from orchestrator.results import CONFIG_PREFIX, SweepResults, collect_results
@@ -127,7 +127,7 @@ def run_sweep(
     SelectionPictures.save(layout.selection_dir, data)
 
     uri = tracking_uri(spec, layout, tracking_override)
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     experiment_id = ensure_experiment(
         client,
         spec.tracking.experiment or spec.name,

@@ -14,7 +14,15 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from orchestrator.mlflow_runs import TRIAL_ID_TAG, MetricBatcher, child_runs, ensure_experiment, open_parent_run
+from orchestrator import mlflow_runs
+from orchestrator.mlflow_runs import (
+    TRIAL_ID_TAG,
+    MetricBatcher,
+    child_runs,
+    ensure_experiment,
+    open_parent_run,
+    tracking_client,
+)
 from orchestrator.run_writer import WRITER_NICENESS, RunWriter
 from orchestrator.store_writer import RECONCILED_TAG, STATUS_TAG
 
@@ -218,3 +226,21 @@ def _alive(pid: int) -> bool:
         return False
     # A zombie (exited, not yet reaped by init) counts as gone.
     return "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+
+
+def test_a_new_sqlite_store_appears_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "sweep" / "mlflow.db"
+    real_store = mlflow_runs.SqlAlchemyStore
+
+    def killed_while_migrating(uri: str, artifact_root: str) -> None:
+        real_store(uri, artifact_root)  # the tables exist in the partial file...
+        raise KeyboardInterrupt  # ...and the process dies before the rename
+
+    monkeypatch.setattr(mlflow_runs, "SqlAlchemyStore", killed_while_migrating)
+    with pytest.raises(KeyboardInterrupt):
+        tracking_client(f"sqlite:///{db}")
+    assert not db.exists()  # no half-made store for the next run to trip on
+    monkeypatch.undo()
+    client = tracking_client(f"sqlite:///{db}")
+    assert db.is_file() and ensure_experiment(client, "whole", None)
+    assert tracking_client(f"sqlite:///{db}").get_experiment_by_name("whole") is not None  # an existing one is used
