@@ -34,8 +34,8 @@ from trainables.config import TrialConfig
 from trainables.data.prepare import SweepData
 from trainables.loop import train_lm
 from trainables.model import GPT, MODEL_PRESETS
-from trainables.patch import PatchBatcher, patch_loss
-from trainables.step_rules import build_step_rule
+from trainables.patch import PatchBatcher, TrainingLoss
+from trainables.step_rules import TrainingBatch, build_step_rule
 
 BATCH = 16
 # 70 token-level steps of the tiny model: a (K = 4, lambda = 2/3) trial given half of that compute still has
@@ -55,17 +55,14 @@ def throughput(data: SweepData, model: str, k: int, steps: int, warmup: int) -> 
     net = GPT(cfg.model)
     batcher = PatchBatcher(data.train.tokens, seq_len=seq_len, patch_size=k, batch_size=BATCH, seed=0)
     rule = build_step_rule(net, cfg, steps=warmup + steps, batches_per_epoch=batcher.batches_per_epoch(k > 1))
+    loss = partial(TrainingLoss(net), patch_size=k)
     started = 0.0
     for step in range(warmup + steps):
         if step == warmup:
             started = time.perf_counter()
         batch = batcher.token_batch() if k == 1 else batcher.patch_batch()
-        rule.step(partial(_loss, net, batch, k), cfg.scaled_peak_lr)
+        rule.step(TrainingBatch(loss, batch), cfg.scaled_peak_lr)
     return steps * BATCH * seq_len * k / (time.perf_counter() - started)
-
-
-def _loss(net: GPT, batch: torch.Tensor, k: int) -> torch.Tensor:
-    return net.loss(batch[:, :-1], batch[:, 1:]) if k == 1 else patch_loss(net, batch, k)
 
 
 def trial(data: SweepData, model: str, compute: float, patch: dict[str, Any]) -> dict[str, Any]:
