@@ -7,6 +7,7 @@ DIR/
   mlflow.db        the default MLflow store (SQLite)
   mlartifacts/     its artifacts
   tune/<name>/     Ray Tune's experiment directory (trials, checkpoints, searcher and scheduler state)
+  tune/_data/      the token file the trials map (a hard link to the cached one where it can be)
   tracking/        the journal of MLflow writes, replayed after a crash (orchestrator.run_writer)
   results/         trials.parquet, metrics.parquet, plots
   selection/       selection orders, the corpus's 2-D PCA plane, subset pictures

@@ -40,7 +40,8 @@ from orchestrator.tracking import MlflowTrialCallback
 from trainables.data.prepare import SweepData, prepare_sweep_data
 from trainables.loop import OBJECTIVE
 from trainables.registry import PLUGINS_ENV
-from trainables.selection.orderings import Progress
+from trainables.selection.order_task import uniform_order_on_ray
+from trainables.selection.orderings import Progress, uniform_document_order
 from trainables.trial import lm_trial, lm_trial_distributed
 
 
@@ -54,6 +55,8 @@ class SweepOutcome:
 
 TRIAL_RETRIES = 2
 DRIVER_MEMORY = 256 * 2**20
+# The token files of the sweeps in a trial storage, beside their experiments: no sweep's name starts with "_".
+DATA_FOLDER = "_data"
 
 
 def cache_dir() -> Path:
@@ -78,7 +81,11 @@ def tracking_uri(spec: SweepSpec, layout: SweepLayout, override: str | None = No
 
 
 def prepare_data(spec: SweepSpec, progress: Progress | None = None) -> SweepData:
-    """The sweep's tokenised, split and ordered corpus: done once, on the driver, cached by content hash."""
+    """The sweep's tokenised, split and ordered corpus: done once, on the driver, cached by content hash.
+
+    A uniform order is computed by a Ray task (on a GPU where the cluster has one) when this process is on
+    Ray, else here.
+    """
     return prepare_sweep_data(
         spec.data.corpus,
         corpus_format=spec.data.corpus_format(),
@@ -89,7 +96,16 @@ def prepare_data(spec: SweepSpec, progress: Progress | None = None) -> SweepData
         cache_dir=cache_dir(),
         selection=spec.selection_plan(),
         progress=progress,
+        uniform=uniform_order_on_ray if ray.is_initialized() else uniform_document_order,
     )
+
+
+def shared_with_trials(data: SweepData, storage: TrialStorage) -> SweepData:
+    """The sweep's data as its trials read it: the token file in the trials' storage, which every node sees
+    (``check_shared``), or, where that storage is a bucket, the tokens themselves in Ray's object store."""
+    if storage.is_local:
+        return data.placed_in(Path(storage.joined(DATA_FOLDER)))
+    return data.shipped()
 
 
 def run_sweep(
@@ -115,13 +131,17 @@ def run_sweep(
             "choose another output directory (--output) or remove that one"
         )
     storage = TrialStorage.resolve(spec.storage, layout.tune_dir)
-    # Reading the corpus can fail on bad input: do it before anything is written.
+    # Reading the corpus can fail on bad input: do it before anything is written, and before Ray starts
+    # unless a uniform order is to be computed, which runs on the cluster.
+    if "uniform" in spec.selection_plan().strategies:
+        connect_ray(address, log_to_driver=log_to_driver)
     data = prepare_data(spec, progress)
     # Ray next: a cluster that cannot be reached, that lacks what a trial asks for, or a storage it cannot
     # share leaves no MLflow run open.
     connect_ray(address, log_to_driver=log_to_driver)
     check_cluster(spec, ray.cluster_resources(), can_grow=not _ray_started_here())
     check_shared(storage)
+    data = shared_with_trials(data, storage)
     layout.root.mkdir(parents=True, exist_ok=True)
     layout.spec_file.write_text(spec.source)
     SelectionPictures.save(layout.selection_dir, data)

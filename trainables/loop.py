@@ -132,8 +132,9 @@ def train_lm(
     lrs, momenta = cfg.planned_lrs(), cfg.planned_momenta()
     k, step_compute = cfg.patch.K, cfg.tokens_per_step
     batcher = PatchBatcher(
-        data.train.select(documents), seq_len=cfg.model.seq_len, patch_size=k, batch_size=cfg.batch_size, seed=cfg.seed
-    )
+        data.train.spans(documents), seq_len=cfg.model.seq_len, patch_size=k, batch_size=cfg.batch_size,
+        seed=cfg.seed, rank=workers.rank, world_size=workers.world_size,
+    )  # fmt: skip
     val_windows = torch.from_numpy(data.val_windows.astype(np.int64)).to(device)
     start = time.perf_counter()
     noise = NoiseScale() if cfg.gns else None
@@ -185,7 +186,7 @@ def train_lm(
         loss_sum, loss_count = torch.zeros((), dtype=torch.float64, device=device), 0
         while _fits(run.spent, rule.min_cost * step_compute, budget):
             run.step += 1
-            window = to_device(workers.shard(batcher.patch_batch() if patched else batcher.token_batch()), device)
+            window = to_device(batcher.patch_batch() if patched else batcher.token_batch(), device)
             step_loss, lr, cost = rule.step(
                 TrainingBatch(forward, window, cfg.micro_batch_size, no_sync),
                 float(lrs[run.step - 1]) if lrs is not None else cfg.scaled_peak_lr,

@@ -11,7 +11,10 @@ The first share lambda of a trial's data is trained this way, the rest at
 token level from the same weights. ``PatchBatcher`` keeps the two phases on
 one pass over the data: it shuffles contiguous groups of K*T tokens each
 epoch; the patch phase takes whole groups, and the token phase continues in
-the same order, each group giving its K token windows.
+the same order, each group giving its K token windows. It reads the trial's
+documents in place in the sweep's memory-mapped token file
+(``trainables.data.tokens.TokenSpans``), and each worker of a data-parallel
+trial reads only its own rows of every global batch.
 
 The loop trains through ``TrainingLoss``, whose ``forward`` computes either
 loss, so one ``DistributedDataParallel`` wrapper sees every parameter of
@@ -27,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from trainables.data.tokens import TokenSpans
 from trainables.model import GPT
 
 
@@ -85,27 +89,44 @@ class PatchBatcher:
     continuing where the patch phase stopped. With K = 1 both are the
     token-level batches of the same order.
 
+    Every worker of a trial draws the same order; with ``world_size``
+    workers, the one of ``rank`` reads and returns rows ``rank::world_size``
+    of each global batch of ``batch_size`` rows, and no other.
+
     Example:
         >>> batcher = PatchBatcher(np.arange(1000, dtype=np.uint16), seq_len=8, patch_size=4, batch_size=2, seed=0)
         >>> batcher.patch_batch().shape, batcher.token_batch().shape
         (torch.Size([2, 36]), torch.Size([2, 9]))
     """
 
-    def __init__(self, stream: np.ndarray, *, seq_len: int, patch_size: int, batch_size: int, seed: int) -> None:
+    def __init__(
+        self,
+        stream: np.ndarray | TokenSpans,
+        *,
+        seq_len: int,
+        patch_size: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if min(seq_len, patch_size, batch_size) < 1:
             raise ValueError(
                 f"seq_len, patch_size and batch_size must be at least 1, got {seq_len}, {patch_size}, {batch_size}"
             )
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must lie in [0, world_size), got rank {rank} of {world_size}")
         self._group = seq_len * patch_size
         self._n_groups = (len(stream) - patch_size) // self._group
         if self._n_groups < 1:
             raise ValueError(
                 f"the training data holds {len(stream)} tokens, fewer than one sample of {self._group + patch_size}"
             )
-        self._stream = stream
+        self._stream = stream if isinstance(stream, TokenSpans) else TokenSpans.whole(stream)
         self._seq_len = seq_len
         self._patch_size = patch_size
         self._batch_size = batch_size
+        self._rows = slice(rank, None, world_size)
         self._rng = np.random.default_rng(seed)
         self._order = np.zeros(0, dtype=np.int64)
         self._position = 0
@@ -125,12 +146,12 @@ class PatchBatcher:
         return max(1, windows // self._batch_size)
 
     def patch_batch(self) -> torch.Tensor:
-        """(batch, K*T + K) tokens: the next groups and the patch after each."""
+        """(rows, K*T + K) tokens: this worker's rows of the next groups, with the patch after each."""
         starts = self._next_groups(self._batch_size) * self._group
         return self._windows(starts, self._group + self._patch_size)
 
     def token_batch(self) -> torch.Tensor:
-        """(batch, T + 1) tokens: the next token windows."""
+        """(rows, T + 1) tokens: this worker's rows of the next token windows."""
         while len(self._pending) < self._batch_size:
             groups = self._next_groups(-(-(self._batch_size - len(self._pending)) // self._patch_size))
             inside = np.arange(self._patch_size) * self._seq_len
@@ -159,4 +180,4 @@ class PatchBatcher:
         return groups
 
     def _windows(self, starts: np.ndarray, length: int) -> torch.Tensor:
-        return torch.from_numpy(self._stream[starts[:, None] + np.arange(length)].astype(np.int64))
+        return torch.from_numpy(self._stream.windows(starts[self._rows], length).astype(np.int64))

@@ -26,6 +26,9 @@ from trainables.train_worker import load_run, quiet_checkpoints, report_run, tra
 def lm_trial(config: dict[str, Any], data: SweepData) -> None:
     """Train one configuration and report to Tune; ``data`` arrives through the object store.
 
+    The tokens are not in it: it names the sweep's token file, which the trial
+    maps (``trainables.data.prepare``), unless the sweep had to ship them.
+
     Every ``checkpoint_every``-th report carries a checkpoint of the whole run;
     a trial Tune retries (its node lost, its worker dead) or a resumed sweep
     restarts goes on from its last checkpoint.

@@ -92,6 +92,11 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], set[str]]] = {
     }),
     "record_curves": ((), {"bank", "trials", "reports", "statuses"}),
     "record_mpl_curves": ((), {"model", "curves", "base_steps", "runs"}),
+    "data_scale": ((), {
+        "corpus_gb", "documents", "train_tokens", "token_file_gb", "token_dtype", "sweep_data_pickle_kb", "prepare_s",
+        "driver_peak_gb", "driver_baseline_gb", "driver_peak_gb_small", "small_corpus_mb", "model", "steps",
+        "trial_peak_gb", "trial_peak_gb_small", "trial_baseline_gb", "trial_rss_ratio", "trial_train_s",
+    }),
     # On the CPU, which every machine has: the same code path as on a GPU, at tiny sizes.
     "gpu": (("--device", "cpu"), {
         "device", "torch", "preset", "model_params", "model_params_non_embedding", "flops_per_token", "seq_len",

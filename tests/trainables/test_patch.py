@@ -192,3 +192,25 @@ def test_compute_accounting_over_a_whole_trial(lee32: SweepData) -> None:
             assert later["tokens"] - earlier["tokens"] == stepped * 8 * 32 * per_token
     assert OBJECTIVE in patch_last and patch_last["phase"] == "token"
     assert all(math.isfinite(r["val_loss"]) for r in patch_reports)  # token-level val_loss in both phases
+
+
+@pytest.mark.parametrize("world_size, k", [(2, 1), (3, 4), (4, 2)])
+def test_the_memory_mapped_corpus_gives_every_rank_disjoint_rows_that_together_form_the_global_batch(
+    lee32: SweepData, world_size: int, k: int
+) -> None:
+    assert lee32.train.corpus.path is not None  # the sweep's token file, mapped
+    every_document = np.arange(lee32.train.n_documents)
+    settings = {"seq_len": 32, "patch_size": k, "batch_size": 12, "seed": 7}
+    whole = PatchBatcher(lee32.train.spans(every_document), **settings)
+    ranks = [
+        PatchBatcher(lee32.train.spans(every_document), **settings, rank=rank, world_size=world_size)
+        for rank in range(world_size)
+    ]
+    for step in range(40):
+        patched = step < 15
+        batch = whole.patch_batch() if patched else whole.token_batch()
+        rows = [rank.patch_batch() if patched else rank.token_batch() for rank in ranks]
+        for rank, own in enumerate(rows):
+            assert len(own) == 12 // world_size
+            assert torch.equal(own, batch[rank::world_size])  # the rows a worker kept of the global batch before
+        assert torch.equal(torch.stack(rows, dim=1).flatten(0, 1), batch)  # together, the whole batch in order

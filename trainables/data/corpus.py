@@ -19,6 +19,10 @@ every later record must have the same fields.
 A file that is not text (a NUL byte near its start, or bytes that are not
 UTF-8) is refused unless it is read as Parquet.
 
+``document_chunks`` hands the documents over a chunk at a time, reading
+text, JSONL and Parquet a block at a time, so preparing a corpus of any size
+holds only a few megabytes of it (a JSON array is one value, read whole).
+
 Every problem names the file and, where it applies, the line or the record
 (1-based), so a user can open the file at the spot.
 """
@@ -29,7 +33,7 @@ import json
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -44,6 +48,10 @@ DEFAULT_FIELDS = {
 }
 # How much of a file is searched for a NUL byte, the mark of a binary file (git looks as far).
 BINARY_PROBE = 8000
+# Reading in blocks keeps a process's memory flat whatever the corpus's size. A megabyte makes Python's
+# per-block work negligible against the decoding and keeps the block's transient copies small.
+BLOCK_BYTES = 2**20
+CHUNK_CHARS = 2**20
 
 
 class CorpusError(ValueError):
@@ -89,44 +97,104 @@ def resolve_corpus(source: str) -> Path:
 
 def read_documents(path: Path, corpus_format: CorpusFormat | None = None) -> list[str]:
     """The documents of a corpus file, in file order, stripped, empty ones dropped."""
-    given = corpus_format or CorpusFormat()
+    return [document for chunk in document_chunks(path, corpus_format) for document in chunk]
+
+
+def document_chunks(
+    path: Path, corpus_format: CorpusFormat | None = None, chunk_chars: int | None = None
+) -> Iterator[list[str]]:
+    """The documents of ``read_documents``, in lists of about ``chunk_chars`` characters, read as they are needed.
+
+    Text, JSONL and Parquet stream through, a block of the file at a time, so
+    a corpus of any size is never held whole; a JSON array is one value and
+    is read whole.
+    """
+    chunk: list[str] = []
+    size = 0
+    found = False
+    for document in _documents(path, corpus_format or CorpusFormat()):
+        if not document:
+            continue
+        chunk.append(document)
+        size += len(document)
+        if size >= (chunk_chars or CHUNK_CHARS):
+            yield chunk
+            chunk, size, found = [], 0, True
+    if chunk:
+        yield chunk
+    elif not found:
+        raise CorpusError(f"{path}: holds no documents (the file is empty or blank)")
+
+
+def _documents(path: Path, given: CorpusFormat) -> Iterator[str]:
+    """Every document of the file, stripped, empty ones included."""
     fmt = given.resolved(path)
     fields = _Fields(fmt.fields or (), exact=given.fields is not None)
     if fmt.kind == "parquet":
-        documents = _parquet_documents(path, fields)
+        yield from _parquet_documents(path, fields)
+    elif fmt.kind == "json":
+        yield from _json_documents(path, _read_text(path), fields)
+    elif fmt.kind == "jsonl":
+        yield from _records_documents(path, _jsonl_records(path, _lines(path)), fields)
+    elif fmt.kind == "paragraphs":
+        yield from (block.strip() for block in _paragraphs(_lines(path)))
     else:
-        text = _read_text(path)
-        if fmt.kind == "lines":
-            documents = [line.strip() for line in text.splitlines()]
-        elif fmt.kind == "paragraphs":
-            documents = [block.strip() for block in _paragraphs(text)]
-        elif fmt.kind == "json":
-            documents = _json_documents(path, text, fields)
-        else:
-            documents = _jsonl_documents(path, text, fields)
-    documents = [doc for doc in documents if doc]
-    if not documents:
-        raise CorpusError(f"{path}: holds no documents (the file is empty or blank)")
-    return documents
+        yield from (line.strip() for line in _lines(path))
 
 
-def _read_text(path: Path) -> str:
-    raw = _read_bytes(path)
-    nul = raw.find(b"\0", 0, BINARY_PROBE)
+def _lines(path: Path) -> Iterator[str]:
+    """The lines of a text file as ``str.splitlines`` cuts its whole text, decoded a block at a time."""
+    for text in _text_blocks(path):
+        yield from text.splitlines()
+
+
+def _text_blocks(path: Path) -> Iterator[str]:
+    """A UTF-8 text file decoded in blocks of whole lines (cut after a newline, which no multi-byte character holds)."""
+    with _open(path) as file:
+        head = file.read(BINARY_PROBE)
+        _refuse_binary(path, head)
+        pending, line = [head], 1
+        while True:
+            block = file.read(BLOCK_BYTES)
+            cut = block.rfind(b"\n") + 1
+            if block and not cut:
+                pending.append(block)  # a line longer than a block: read on to its end
+                continue
+            pending.append(block[:cut] if block else b"")
+            raw = b"".join(pending)
+            pending = [block[cut:]] if block else []
+            yield _decode(path, raw, line)
+            line += raw.count(b"\n")
+            if not block:
+                return
+
+
+def _decode(path: Path, raw: bytes, first_line: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = first_line + raw.count(b"\n", 0, exc.start)
+        raise CorpusError(f"{path}: line {line} is not valid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
+
+
+def _refuse_binary(path: Path, head: bytes) -> None:
+    nul = head.find(b"\0", 0, BINARY_PROBE)
     if nul >= 0:
         raise CorpusError(
             f"{path}: not a text file (a NUL byte at offset {nul}); a corpus is UTF-8 text, JSON, JSONL or Parquet"
         )
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise CorpusError(f"{path}: line {line} is not valid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_text(path: Path) -> str:
+    with _open(path) as file:
+        raw = file.read()
+    _refuse_binary(path, raw[:BINARY_PROBE])
+    return _decode(path, raw, 1)
+
+
+def _open(path: Path) -> BinaryIO:
     try:
-        return path.read_bytes()
+        return path.open("rb")
     except FileNotFoundError:
         raise CorpusError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -135,9 +203,9 @@ def _read_bytes(path: Path) -> bytes:
         raise CorpusError(f"{path}: cannot be read ({exc.strerror})") from None
 
 
-def _paragraphs(text: str) -> Iterable[str]:
+def _paragraphs(lines: Iterable[str]) -> Iterator[str]:
     block: list[str] = []
-    for line in text.splitlines():
+    for line in lines:
         if line.strip():
             block.append(line.rstrip())
         elif block:
@@ -163,7 +231,7 @@ class _Fields:
         return tuple(key for key in found if key is not None)
 
 
-def _json_documents(path: Path, text: str, fields: _Fields) -> list[str]:
+def _json_documents(path: Path, text: str, fields: _Fields) -> Iterator[str]:
     try:
         records = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -173,12 +241,8 @@ def _json_documents(path: Path, text: str, fields: _Fields) -> list[str]:
     return _records_documents(path, ((f"record {i}", record) for i, record in enumerate(records, 1)), fields)
 
 
-def _jsonl_documents(path: Path, text: str, fields: _Fields) -> list[str]:
-    return _records_documents(path, _jsonl_records(path, text), fields)
-
-
-def _jsonl_records(path: Path, text: str) -> Iterator[tuple[str, Any]]:
-    for number, line in enumerate(text.splitlines(), 1):
+def _jsonl_records(path: Path, lines: Iterable[str]) -> Iterator[tuple[str, Any]]:
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -187,9 +251,8 @@ def _jsonl_records(path: Path, text: str) -> Iterator[tuple[str, Any]]:
             raise CorpusError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
 
 
-def _records_documents(path: Path, records: Iterable[tuple[str, Any]], fields: _Fields) -> list[str]:
+def _records_documents(path: Path, records: Iterable[tuple[str, Any]], fields: _Fields) -> Iterator[str]:
     """One document per record; the first record fixes which keys every record must have."""
-    documents: list[str] = []
     keys: tuple[str, ...] | None = None
     for where, record in records:
         if not isinstance(record, dict):
@@ -201,8 +264,7 @@ def _records_documents(path: Path, records: Iterable[tuple[str, Any]], fields: _
                     f"{path}: {where} has none of the fields {', '.join(fields.names)} in any capitalisation "
                     f"(fields: {', '.join(map(str, record))}); name the fields to join"
                 )
-        documents.append(_record_document(path, where, record, keys))
-    return documents
+        yield _record_document(path, where, record, keys)
 
 
 def _record_document(path: Path, where: str, record: dict[str, Any], keys: Sequence[str]) -> str:
@@ -218,19 +280,20 @@ def _record_document(path: Path, where: str, record: dict[str, Any], keys: Seque
     return "\n".join(parts)
 
 
-def _parquet_documents(path: Path, fields: _Fields) -> list[str]:
-    _read_bytes(path)  # the same clear errors for a missing file or a directory
+def _parquet_documents(path: Path, fields: _Fields) -> Iterator[str]:
+    _open(path).close()  # the same clear errors for a missing file or a directory
     try:
-        table = pq.read_table(path)
+        file = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise CorpusError(f"{path}: not a readable Parquet file ({exc})") from None
-    names = fields.keys_in(table.column_names) or fields.names
+    schema = file.schema_arrow
+    names = fields.keys_in(schema.names) or fields.names
     for field in names:
-        if field not in table.column_names:
-            raise CorpusError(f"{path}: has no column '{field}' (columns: {', '.join(table.column_names)})")
-        if not pa.types.is_string(table.schema.field(field).type) and not pa.types.is_large_string(
-            table.schema.field(field).type
-        ):
-            raise CorpusError(f"{path}: column '{field}' is {table.schema.field(field).type}, not text")
-    columns = [table.column(field).to_pylist() for field in names]
-    return ["\n".join(v.strip() for v in values if v and v.strip()) for values in zip(*columns, strict=True)]
+        if field not in schema.names:
+            raise CorpusError(f"{path}: has no column '{field}' (columns: {', '.join(schema.names)})")
+        kind = schema.field(field).type
+        if not pa.types.is_string(kind) and not pa.types.is_large_string(kind):
+            raise CorpusError(f"{path}: column '{field}' is {kind}, not text")
+    for batch in file.iter_batches(columns=list(names)):
+        columns = [batch.column(field).to_pylist() for field in names]
+        yield from ("\n".join(v.strip() for v in values if v and v.strip()) for values in zip(*columns, strict=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trainables.data import prepare as data_module
 from trainables.data import tokenizer
 from trainables.data.corpus import CorpusError, read_documents, resolve_corpus
-from trainables.data.prepare import TokenizedCorpus, prepare_sweep_data, split_documents, tokenize_cached
+from trainables.data.prepare import prepare_sweep_data, split_documents
+from trainables.data.tokens import TokenizedCorpus, corpus_hash, offsets_path, tokenize_cached
 
 
 @given(st.lists(st.text(), max_size=20))
@@ -65,22 +66,40 @@ def test_a_real_latin1_corpus_is_refused_with_its_line() -> None:
         read_documents(resolve_corpus("gensim:lee"))
 
 
-def test_tokenised_corpus_is_cached_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tokenised_corpus_is_cached_and_reused(tmp_path: Path) -> None:
     documents = read_documents(resolve_corpus("gensim:lee_background"))[:60]
-    first, path = tokenize_cached(documents, tmp_path)
-    assert path.is_file() and path.suffix == ".parquet"
+    first, content = tokenize_cached([documents[:25], documents[25:]], tmp_path)
+    assert content == corpus_hash(documents)
+    assert first.path is not None and first.path.suffix == ".npy" and offsets_path(first.path).is_file()
+    tokens, offsets = tokenizer.encode_documents(documents)
+    np.testing.assert_array_equal(first.tokens, tokens)  # chunks tokenise as the whole corpus does
+    np.testing.assert_array_equal(first.offsets, offsets)
+    assert first.tokens.dtype == np.uint16 and first.offsets.dtype == np.int64
+    cached_at = first.path.stat().st_mtime_ns
+    second, again = tokenize_cached([documents], tmp_path)
+    assert (second.path, again) == (first.path, content)
+    assert second.path.stat().st_mtime_ns == cached_at  # the cached file is kept, the new one dropped
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.path.name, offsets_path(first.path).name])
+    other, _ = tokenize_cached([documents[:-1]], tmp_path)
+    assert other.path != first.path, "a different corpus must get a different cache key"
 
-    def no_tokenising(_: object) -> None:
-        raise AssertionError("the cached tokens should have been read, not recomputed")
 
-    monkeypatch.setattr(data_module.tokenizer, "encode_documents", no_tokenising)
-    second, again = tokenize_cached(documents, tmp_path)
-    assert again == path
-    np.testing.assert_array_equal(first.tokens, second.tokens)
-    np.testing.assert_array_equal(first.offsets, second.offsets)
-    monkeypatch.undo()
-    _, other = tokenize_cached(documents[:-1], tmp_path)
-    assert other != path, "a different corpus must get a different cache key"
+def test_a_token_file_holds_uint32_tokens_past_a_uint16_vocabulary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tokenizer, "VOCAB_SIZE", 2**16 + 1)
+    corpus, _ = tokenize_cached([["ab", "c"]], tmp_path)
+    assert corpus.tokens.dtype == np.uint32 and tokenizer.decode(corpus.tokens) == "ab\nc\n"
+
+
+def test_a_failed_read_leaves_no_partial_file(tmp_path: Path) -> None:
+    def failing() -> Iterator[list[str]]:
+        yield ["one document"]
+        raise CorpusError("corpus.txt: line 2 is not valid UTF-8 (byte 0xff)")
+
+    with pytest.raises(CorpusError, match="line 2"):
+        tokenize_cached(failing(), tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_select_concatenates_documents_in_the_given_order() -> None:
