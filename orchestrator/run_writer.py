@@ -27,7 +27,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator.store_writer import OnOpen, StoreWriter, journal_line
+from orchestrator.store_writer import OnOpen, StoreWriter, journal_line, open_journal
 
 # A niceness the kernel weighs at about a tenth of a default process's: the writer still gets a share
 # when every core is busy, so the journal's backlog drains during the sweep rather than at its end.
@@ -69,7 +69,7 @@ class RunWriter:
         # One write per op in append mode: the writer process appends too (the trials it forgets), and
         # the kernel never interleaves two appends; each op reaches the kernel when it is journaled, so a
         # killed driver keeps it.
-        self._journal = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        self._journal = open_journal(journal)
         # Spawned, not forked: the driver runs Ray's and Tune's threads, which a fork would copy mid-step.
         context = multiprocessing.get_context("spawn")
         self._ops: multiprocessing.Queue = context.Queue()

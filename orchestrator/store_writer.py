@@ -188,9 +188,15 @@ def journal_line(op: Mapping[str, Any]) -> bytes:
     return (json.dumps(op, default=str) + "\n").encode("utf-8")
 
 
+def open_journal(journal: Path) -> int:
+    """The journal opened for appending: each ``write`` of one op lands whole, never interleaved with another
+    process's appends."""
+    return os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # as open(), under the umask
+
+
 def append_to_journal(journal: Path, op: Mapping[str, Any]) -> None:
-    """Append one op as one ``write`` in append mode, which the kernel never interleaves with another writer's."""
-    fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # as open(), under the umask
+    """Append one op as one ``write``."""
+    fd = open_journal(journal)
     try:
         os.write(fd, journal_line(op))
     finally:

@@ -40,7 +40,7 @@ from trainables.data.prepare import SweepData
 from trainables.model import GPT, ModelConfig, model_flops_utilisation
 from trainables.noise_scale import NoiseScale, probe
 from trainables.patch import PatchBatcher, TrainingLoss
-from trainables.speed import autocast, compiled, to_device, use_tf32_for_training
+from trainables.speed import autocast, compiled, on_cuda, to_device, use_tf32_for_training
 from trainables.step_rules import StepRule, TrainingBatch, build_step_rule, step_rule_class
 from trainables.throughput import peak_flops
 from trainables.workers import Workers
@@ -322,7 +322,7 @@ def _fits(spent: float, cost: float, budget: float) -> bool:
 def _rng_states(device: str | torch.device) -> dict[str, torch.Tensor]:
     """The random generators' states a checkpoint keeps: the CPU's, and the training GPU's when there is one."""
     states = {"torch_rng": torch.get_rng_state()}
-    if torch.device(device).type == "cuda":
+    if on_cuda(device):
         states["cuda_rng"] = torch.cuda.get_rng_state(device)
     return states
 
@@ -330,5 +330,5 @@ def _rng_states(device: str | torch.device) -> dict[str, torch.Tensor]:
 def _set_rng_states(resume: dict[str, Any], device: str | torch.device) -> None:
     # A checkpoint loaded onto the training device holds the states there; the generators take CPU tensors.
     torch.set_rng_state(resume["torch_rng"].cpu())
-    if "cuda_rng" in resume and torch.device(device).type == "cuda":
+    if "cuda_rng" in resume and on_cuda(device):
         torch.cuda.set_rng_state(resume["cuda_rng"].cpu(), device)
