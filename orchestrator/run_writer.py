@@ -6,39 +6,56 @@ directory first, then handed to a writer process
 (``orchestrator.store_writer``) that carries it out, so neither a slow
 tracking store nor the CPU its client spends holds up Tune's loop (and with
 it the trials, whose ``report`` waits for the loop). Being a process, not a
-thread, it never holds the driver's interpreter lock; it runs at a lower CPU
-priority, so on a machine whose cores are all busy its writes wait for idle
-time instead of taking it from trials on the same node. A driver killed at
-any moment loses nothing: the next writer on the same journal replays it
-before anything new, and replays cannot duplicate. See ``docs/resume.md``.
+thread, it never holds the driver's interpreter lock; it lowers its CPU
+priority before it imports anything, so on a machine whose cores are all
+busy even its start-up (MLflow's imports) waits for idle time instead of
+taking it from trials on the same node. A driver killed at any moment loses
+nothing: the next writer on the same journal replays it before anything new,
+and replays cannot duplicate. See ``docs/resume.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import multiprocessing
 import os
+import pickle
 import queue
+import select
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from mlflow.tracking import MlflowClient
-
-from orchestrator.store_writer import OnOpen, StoreWriter, journal_line, open_journal
+from orchestrator.store_writer import OnOpen, WriterSetup, journal_line, open_journal
 
 # A niceness the kernel weighs at about a tenth of a default process's: the writer still gets a share
 # when every core is busy, so the journal's backlog drains during the sweep rather than at its end.
 WRITER_NICENESS = 10
 
+# The writer process's whole program before its imports: a fresh interpreter (not multiprocessing's spawn,
+# which would re-import the driver's ``__main__`` and its imports at full priority) that lowers its
+# priority first. Its arguments: the niceness and the descriptor its answers go to.
+_WRITER_MAIN = """
+import os, sys
+os.setpriority(os.PRIO_PROCESS, 0, max(os.getpriority(os.PRIO_PROCESS, 0), int(sys.argv[1])))
+import pickle
+setup = pickle.load(sys.stdin.buffer)
+sys.path[:] = setup.sys_path
+from orchestrator.store_writer import serve_stream
+serve_stream(setup, sys.stdin.buffer, int(sys.argv[2]))
+"""
 
 class RunWriter:
     """Journals the child runs' writes of one sweep's parent run and hands them to the writer process.
 
     Example:
         >>> import tempfile
+        >>> from mlflow.tracking import MlflowClient
         >>> from orchestrator.mlflow_runs import child_runs
         >>> folder = Path(tempfile.mkdtemp())
         >>> client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
@@ -70,23 +87,30 @@ class RunWriter:
         # the kernel never interleaves two appends; each op reaches the kernel when it is journaled, so a
         # killed driver keeps it.
         self._journal = open_journal(journal)
-        # Spawned, not forked: the driver runs Ray's and Tune's threads, which a fork would copy mid-step.
-        context = multiprocessing.get_context("spawn")
-        self._ops: multiprocessing.Queue = context.Queue()
-        self._answers: multiprocessing.Queue = context.Queue()
+        answers, answers_for_writer = os.pipe()
+        # A plain fork and exec (no code of ours runs between them), which is safe beside Ray's and Tune's threads.
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _WRITER_MAIN, str(WRITER_NICENESS), str(answers_for_writer)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            pass_fds=(answers_for_writer,),
+        )
+        os.close(answers_for_writer)
+        self._answers = answers
+        self._answered = b""
         self._flushes = 0
+        # A feeder thread writes to the pipe, so a writer that is slow to read never blocks a caller.
+        self._ops: queue.Queue = queue.Queue()
+        self._ops.put(WriterSetup(tracking_uri, experiment_id, parent_run_id, journal, on_open, list(sys.path)))
         for op in replay:
             self._ops.put(op)
-        self._process = context.Process(
-            target=_serve,
-            args=(tracking_uri, experiment_id, parent_run_id, journal, on_open, self._ops, self._answers),
-            name="effsweep-mlflow-writer",
-            daemon=True,
+        self._feeder = threading.Thread(
+            target=_feed, args=(self._ops, self._process.stdin), name="effsweep-mlflow-feeder", daemon=True
         )
-        self._process.start()
+        self._feeder.start()
 
     @property
-    def pid(self) -> int | None:
+    def pid(self) -> int:
         """The writer process's id."""
         return self._process.pid
 
@@ -124,24 +148,24 @@ class RunWriter:
         self._ops.put(("flush", self._flushes))
         deadline = math.inf if timeout_s is None else time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) >= 0:
-            try:
-                answer = self._answers.get(timeout=min(left, 1.0))
-            except queue.Empty:
-                if not self._process.is_alive():
+            if not select.select([self._answers], [], [], min(left, 1.0))[0]:
+                if self._process.poll() is not None:
                     return False
                 continue
-            if answer == self._flushes:  # an earlier flush that gave up is answered first
+            chunk = os.read(self._answers, 4096)
+            if not chunk:  # the writer exited
+                return False
+            *lines, self._answered = (self._answered + chunk).split(b"\n")
+            if lines and int(lines[-1]) == self._flushes:  # an earlier flush that gave up is answered first
                 return True
         return False
 
     def close(self) -> None:
         """Write everything asked for, then stop the writer process."""
         self._ops.put(None)
-        self._process.join()
-        # Nothing reads the queues any more; what a dead writer left unread is in the journal.
-        for channel in (self._ops, self._answers):
-            channel.cancel_join_thread()
-            channel.close()
+        self._feeder.join()
+        self._process.wait()
+        os.close(self._answers)
         os.close(self._journal)
 
     def _submit(self, op: dict[str, Any]) -> None:
@@ -149,19 +173,20 @@ class RunWriter:
         self._ops.put(op)
 
 
-def _serve(
-    tracking_uri: str,
-    experiment_id: str,
-    parent_run_id: str,
-    journal: Path,
-    on_open: OnOpen | None,
-    ops: multiprocessing.Queue,
-    answers: multiprocessing.Queue,
-) -> None:
-    """The writer process: at a lower priority, apply ``ops`` to the store until told to stop."""
-    os.setpriority(os.PRIO_PROCESS, 0, max(os.getpriority(os.PRIO_PROCESS, 0), WRITER_NICENESS))
-    writer = StoreWriter(MlflowClient(tracking_uri), experiment_id, parent_run_id, journal, on_open)
-    writer.serve(ops, answers)
+def _feed(ops: queue.Queue, stream: IO[bytes]) -> None:
+    """Pickle ``ops`` into the writer's input until ``None``, which goes too and closes it."""
+    try:
+        while True:
+            item = ops.get()
+            pickle.dump(item, stream)
+            stream.flush()
+            if item is None:
+                break
+    except BrokenPipeError:
+        pass  # the writer died: what it did not take is in the journal
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            stream.close()
 
 
 def _read_journal(path: Path) -> list[dict[str, Any]]:

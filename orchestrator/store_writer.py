@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
+import pickle
 import queue
+import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
@@ -38,6 +40,45 @@ RUN_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "diverged": "FAILED",
 PARENT_CHECK_S = 0.5
 
 OnOpen = Callable[[MlflowClient, str, Mapping[str, Any]], None]
+# What the reader puts on the ops queue when the driver's end of the input closed without a stop.
+_DRIVER_GONE = ("driver gone",)
+
+
+@dataclass(frozen=True)
+class WriterSetup:
+    """The first thing the driver sends a writer process: where to write, and the driver's import path."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    journal: Path
+    on_open: OnOpen | None
+    sys_path: list[str]
+
+
+def serve_stream(setup: WriterSetup, stream: IO[bytes], answers_fd: int) -> None:
+    """The writer process's work: apply the pickled ops read from ``stream``; flushes are answered on ``answers_fd``."""
+    ops: queue.Queue = queue.Queue()
+    threading.Thread(target=_read_ops, args=(stream, ops), daemon=True).start()
+    with os.fdopen(answers_fd, "w") as answers:
+
+        def answer(flush: int) -> None:
+            answers.write(f"{flush}\n")
+            answers.flush()
+
+        writer = StoreWriter(
+            MlflowClient(setup.tracking_uri), setup.experiment_id, setup.parent_run_id, setup.journal, setup.on_open
+        )
+        writer.serve(ops, answer)
+
+
+def _read_ops(stream: IO[bytes], ops: queue.Queue) -> None:
+    while True:
+        try:
+            ops.put(pickle.load(stream))
+        except EOFError:
+            ops.put(_DRIVER_GONE)  # after a stop it is never read
+            return
 
 
 class StoreWriter:
@@ -54,12 +95,13 @@ class StoreWriter:
         self._runs: dict[str, str] | None = None  # trial id -> run id, read from the store once
         self._logged: dict[str, set[tuple[str, int]]] = {}  # run id -> (metric, step) already in the store
 
-    def serve(self, ops: multiprocessing.Queue, answers: multiprocessing.Queue) -> None:
+    def serve(self, ops: queue.Queue, answer: Callable[[int], None]) -> None:
         """Apply ``ops`` until ``None``; metric ops that arrive together go out in batches.
 
-        A ``("flush", n)`` op is answered with ``n`` on ``answers`` once everything before it is written.
-        The writer stops on its own when the driver that started it dies: a resumed sweep's writer
-        replays the journal, and two writers on one store could both send a point.
+        A ``("flush", n)`` op is answered with ``answer(n)`` once everything before it is written.
+        The writer stops on its own when the driver that started it dies (its input closes, or, should
+        another process hold that open, it finds a new parent): a resumed sweep's writer replays the
+        journal, and two writers on one store could both send a point.
         """
         parent = os.getppid()
         pending: dict[str, list[Metric]] = {}
@@ -67,9 +109,9 @@ class StoreWriter:
             try:
                 item = ops.get(timeout=PARENT_CHECK_S)
             except queue.Empty:
-                if os.getppid() != parent:
-                    return
                 item = ("idle",)
+            if item == _DRIVER_GONE or os.getppid() != parent:
+                return  # what it staged is in the journal, for the resumed sweep's writer to send
             if isinstance(item, dict) and item["op"] == "metrics":
                 self._guard(self._stage, item, pending)
                 if sum(map(len, pending.values())) < MAX_METRICS_PER_BATCH and not ops.empty():
@@ -79,7 +121,7 @@ class StoreWriter:
                 return
             if isinstance(item, tuple):
                 if item[0] == "flush":
-                    answers.put(item[1])
+                    answer(item[1])
             elif item["op"] != "metrics":
                 self._guard(getattr(self, f"_do_{item['op']}"), item)
 
