@@ -21,7 +21,7 @@ from pandas.api.types import is_bool_dtype, is_numeric_dtype
 from ray.tune import ResultGrid
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from trainables.loop import DIVERGED, OBJECTIVE, REPORTED_LABELS
+from trainables.loop import DIVERGED, FINAL_BITS_PER_BYTE, OBJECTIVE, REPORTED_LABELS
 
 STATUSES = ("completed", "pruned", "diverged", "error")
 THROUGHPUT = ("tokens_per_s", "mfu")
@@ -94,6 +94,7 @@ def collect_results(grid: ResultGrid) -> SweepResults:
             "trial_id": trial_id,
             "status": trial_status(last, result.error is not None),
             OBJECTIVE: last.get(OBJECTIVE, math.nan),
+            FINAL_BITS_PER_BYTE: last.get(FINAL_BITS_PER_BYTE, math.nan),
             "val_loss": last.get("val_loss", math.nan),
             "compute": last.get("compute", 0.0),
             "step": last.get("step", 0),
@@ -142,11 +143,12 @@ def read_results(directory: Path) -> SweepResults:
 
 def format_table(trials: pd.DataFrame, knobs: Sequence[str], top: int | None = None) -> str:
     """Trials sorted by the objective, with the searched knobs as columns."""
-    columns = ["trial_id", "status", OBJECTIVE, "compute"]
+    columns = ["trial_id", "status", OBJECTIVE, FINAL_BITS_PER_BYTE, "compute"]
     table = trials.sort_values(OBJECTIVE, na_position="last").head(top) if top else trials
-    shown = table[columns].copy()
+    shown = table.reindex(columns=columns)
     shown.insert(0, "rank", range(1, len(shown) + 1))
-    shown[OBJECTIVE] = shown[OBJECTIVE].map(lambda v: f"{v:.4f}" if _finite(v) else "-")
+    for loss in (OBJECTIVE, FINAL_BITS_PER_BYTE):
+        shown[loss] = shown[loss].map(lambda v: f"{v:.4f}" if _finite(v) else "-")
     shown["compute"] = shown["compute"].map(lambda v: f"{v:.3g}")
     if "tokens_per_s" in table:
         shown["tokens/s"] = table["tokens_per_s"].map(lambda v: f"{v:,.0f}" if _finite(v) else "-")

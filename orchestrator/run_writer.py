@@ -50,6 +50,7 @@ from orchestrator.store_writer import serve_stream
 serve_stream(setup, sys.stdin.buffer, int(sys.argv[2]))
 """
 
+
 class RunWriter:
     """Journals the child runs' writes of one sweep's parent run and hands them to the writer process.
 

@@ -89,6 +89,7 @@ def prepare_data(spec: SweepSpec, progress: Progress | None = None) -> SweepData
     return prepare_sweep_data(
         spec.data.corpus,
         corpus_format=spec.data.corpus_format(),
+        tokenizer=spec.data.tokenizer,
         val_fraction=spec.data.val_fraction,
         seed=spec.data.seed,
         seq_len=spec.model.seq_len,

@@ -54,7 +54,10 @@ class SelectionConfig(BaseModel):
     model_config = _STRICT
 
     strategy: Literal["full", "random", "uniform"] = "full"
-    fraction: float = Field(1.0, gt=0, le=1, description="share of the training documents")
+    fraction: float = Field(1.0, gt=0, le=1, description="share of the training documents (or of their tokens)")
+    fraction_of: Literal["documents", "tokens"] = Field(
+        "documents", description="what fraction counts: documents, or their tokens (subsets of equal size in tokens)"
+    )
 
     @model_validator(mode="after")
     def _full_means_all(self) -> SelectionConfig:
@@ -64,12 +67,21 @@ class SelectionConfig(BaseModel):
 
 
 class PatchConfig(BaseModel):
-    """Patch-level training: the first ``lambda`` of a trial's data in patches of ``K`` tokens."""
+    """Patch-level training: the first ``lambda`` of a trial's data in patches of ``K`` tokens.
+
+    ``tokens_per_step`` is the recipe: ``equal`` (the paper's) reads as many
+    tokens in a patch step as in a token step (batch_size/K sequences of K*T
+    tokens, at 1/K of the compute), ``positions`` keeps batch_size sequences of
+    T patches (K times the tokens, the compute of a token step).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     K: int = Field(1, ge=1, le=64, description="tokens per patch; 1 is token-level training")
     share: float = Field(0.0, ge=0, lt=1, alias="lambda", description="share of the data trained in patches")
+    tokens_per_step: Literal["equal", "positions"] = Field(
+        "positions", description="a patch step reads a token step's tokens (equal) or its positions"
+    )
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> PatchConfig:
@@ -148,6 +160,15 @@ class TrialConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _patch_rows_whole(self) -> TrialConfig:
+        if self.patch.K > 1 and self.patch.tokens_per_step == "equal" and self.batch_size % self.patch.K:
+            raise ValueError(
+                f"patch.tokens_per_step equal reads batch_size/K sequences of K*T tokens a patch step; batch_size "
+                f"{self.batch_size} is not a multiple of K {self.patch.K}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _enough_steps(self) -> TrialConfig:
         for phase, steps in zip(("patch", "token"), self.phase_steps, strict=True):
             if steps < MIN_STEPS and (phase == "token" or self.patch.K > 1):
@@ -169,6 +190,21 @@ class TrialConfig(BaseModel):
         return self.batch_size * self.model.seq_len
 
     @property
+    def patch_rows(self) -> int:
+        """Sequences of K*T tokens in a patch step: batch_size, or batch_size/K with ``tokens_per_step`` equal."""
+        return self.batch_size // self.patch.K if self.patch.tokens_per_step == "equal" else self.batch_size
+
+    @property
+    def patch_step_compute(self) -> int:
+        """Compute of one patch step in token-equivalents: T positions for each of its sequences."""
+        return self.patch_rows * self.model.seq_len
+
+    @property
+    def patch_step_tokens(self) -> int:
+        """Tokens one patch step reads."""
+        return self.patch_step_compute * self.patch.K
+
+    @property
     def phase_steps(self) -> tuple[int, int]:
         """Steps of the patch phase and of the token phase within the compute budget.
 
@@ -179,8 +215,8 @@ class TrialConfig(BaseModel):
         if self.patch.K == 1:
             return 0, int(self.budget.compute // self.tokens_per_step)
         data = self.budget.compute / (self.patch.share / self.patch.K + 1 - self.patch.share)
-        patch_steps = int(self.patch.share * data // (self.tokens_per_step * self.patch.K))
-        token_steps = int((self.budget.compute - patch_steps * self.tokens_per_step) // self.tokens_per_step)
+        patch_steps = int(self.patch.share * data // self.patch_step_tokens)
+        token_steps = int((self.budget.compute - patch_steps * self.patch_step_compute) // self.tokens_per_step)
         return patch_steps, token_steps
 
     @property
@@ -191,7 +227,7 @@ class TrialConfig(BaseModel):
     def phase_budgets(self) -> tuple[float, float]:
         """Compute of the patch phase and of the token phase."""
         patch_steps, _ = self.phase_steps
-        patch = patch_steps * self.tokens_per_step
+        patch = patch_steps * self.patch_step_compute
         return float(patch), self.budget.compute - patch
 
     def planned_lrs(self) -> np.ndarray | None:
@@ -203,8 +239,7 @@ class TrialConfig(BaseModel):
         if step_rule_class(self.optimizer.name).chooses_own_rate:
             return None
         per_phase = []
-        for patches, steps in zip((self.patch.K, 1), self.phase_steps, strict=True):
-            tokens = self.tokens_per_step * patches
+        for tokens, steps in zip((self.patch_step_tokens, self.tokens_per_step), self.phase_steps, strict=True):
             multipliers = self.schedule.multipliers(
                 steps, peak=self.scaled_peak_lr, batch_size=self.batch_size, tokens_per_step=tokens
             )

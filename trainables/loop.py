@@ -5,11 +5,13 @@ the sweep's data and a ``report`` callable. A Tune trial passes
 ``ray.tune.report``; tests and benchmarks pass a list's ``append``.
 
 Every ``eval_every`` steps and at the last step it reports the metrics the
-rest of effsweep relies on (``REPORTED_METRICS``), and ``final_val_loss`` with
-the last report; ``phase`` says ``patch`` or ``token`` (and ``patch_phase``,
-1 or 0, lets the switch show in a metric history). ``compute`` advances by the
+rest of effsweep relies on (``REPORTED_METRICS``), and ``final_val_loss`` and
+``final_val_bpb`` with the last report: ``val_loss`` is in nats per token,
+``val_bpb`` the same loss in bits per byte of the validation text; ``phase``
+says ``patch`` or ``token`` (and ``patch_phase``, 1 or 0, lets the switch
+show in a metric history). ``compute`` advances by the
 work done (T positions a sample in either phase), ``tokens`` by the data read
-(K times more in a patch step). The first report also says what the trial trained on
+(K times the positions in a patch step). The first report also says what the trial trained on
 (``selection_documents``, ``selection_tokens`` and, when the sweep has
 embeddings, ``selection_h_min``, ``selection_mean_nn``,
 ``selection_covering_radius``). ``tokens_per_s`` is the data read per second
@@ -48,11 +50,14 @@ from trainables.workers import Workers
 ALONE = Workers()
 
 REPORTED_METRICS = (
-    "step", "tokens", "compute", "train_loss", "val_loss", "lr", "lr_sum", "wall_s", "patch_phase", "tokens_per_s",
+    "step", "tokens", "compute", "train_loss", "val_loss", "val_bpb", "lr", "lr_sum", "wall_s", "patch_phase",
+    "tokens_per_s",
 )  # fmt: skip
 # Reported values that are labels, not numbers.
 REPORTED_LABELS = ("phase",)
 OBJECTIVE = "final_val_loss"
+# The objective in bits per byte of the validation text, which compares across tokenizers.
+FINAL_BITS_PER_BYTE = "final_val_bpb"
 DIVERGED = "diverged"
 
 Report = Callable[[dict[str, float | str]], None]
@@ -123,6 +128,7 @@ def train_lm(
     with the run's whole state instead of to ``report``; ``resume`` (such a
     state) continues the run from there exactly as it would have gone on.
     """
+    _check_vocabulary(cfg, data)
     _check_workers(cfg, workers)
     documents = data.training_documents(cfg.selection)
     first_report = {**data.selection_metrics(documents), "workers": float(workers.world_size)}
@@ -130,10 +136,9 @@ def train_lm(
     model = GPT(cfg.model).to(device)
     use_tf32_for_training(device)
     lrs, momenta = cfg.planned_lrs(), cfg.planned_momenta()
-    k, step_compute = cfg.patch.K, cfg.tokens_per_step
     batcher = PatchBatcher(
-        data.train.spans(documents), seq_len=cfg.model.seq_len, patch_size=k, batch_size=cfg.batch_size,
-        seed=cfg.seed, rank=workers.rank, world_size=workers.world_size,
+        data.train.spans(documents), seq_len=cfg.model.seq_len, patch_size=cfg.patch.K, batch_size=cfg.batch_size,
+        seed=cfg.seed, patch_rows=cfg.patch_rows, rank=workers.rank, world_size=workers.world_size,
     )  # fmt: skip
     val_windows = torch.from_numpy(data.val_windows.astype(np.int64)).to(device)
     start = time.perf_counter()
@@ -175,7 +180,8 @@ def train_lm(
         if phase_steps == 0 or index < run.phase:
             continue
         patched = phase == "patch"
-        patch_size = k if patched else 1
+        patch_size = cfg.patch.K if patched else 1
+        step_compute = cfg.patch_step_compute if patched else cfg.tokens_per_step
         rule = build_step_rule(model, cfg, steps=phase_steps, batches_per_epoch=batcher.batches_per_epoch(patched))
         if resume is not None and index == run.phase and run.spent > 0:
             rule.load_state_dict(resume["rule"])
@@ -234,6 +240,7 @@ def train_lm(
                 "wall_s": time.perf_counter() - start,
                 "train_loss": train_loss,
                 "val_loss": val_loss,
+                "val_bpb": data.bits_per_byte(val_loss),
             }
             if noise is not None and math.isfinite(noise.value):
                 metrics["gns"] = noise.value
@@ -248,6 +255,7 @@ def train_lm(
             run.last_eval = (run.step, val_loss)
             if reached or (phase_done and phase == "token"):
                 metrics[OBJECTIVE] = val_loss
+                metrics[FINAL_BITS_PER_BYTE] = metrics["val_bpb"]
             send(metrics, rule)
             if reached:
                 return TrainOutcome("completed", run.step, val_loss)
@@ -302,6 +310,14 @@ def _crossing(before: tuple[int, float] | None, now: tuple[int, float], target: 
     return s0 + (s1 - s0) * (l0 - target) / (l0 - l1)
 
 
+def _check_vocabulary(cfg: TrialConfig, data: SweepData) -> None:
+    if data.vocab_size > cfg.model.vocab_size:
+        raise ValueError(
+            f"model.vocab_size {cfg.model.vocab_size} is smaller than the {data.vocab_size} tokens of the sweep's "
+            f"tokenizer ({data.tokenizer})"
+        )
+
+
 def _check_workers(cfg: TrialConfig, workers: Workers) -> None:
     if not workers.distributed:
         return
@@ -312,6 +328,11 @@ def _check_workers(cfg: TrialConfig, workers: Workers) -> None:
         )
     if cfg.batch_size % workers.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} must divide evenly among {workers.world_size} workers")
+    if cfg.patch.K > 1 and cfg.patch_rows % workers.world_size:
+        raise ValueError(
+            f"a patch step's {cfg.patch_rows} sequences (patch.tokens_per_step {cfg.patch.tokens_per_step}) must "
+            f"divide evenly among {workers.world_size} workers"
+        )
 
 
 def _fits(spent: float, cost: float, budget: float) -> bool:

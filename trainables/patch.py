@@ -3,9 +3,12 @@
 K consecutive tokens form a patch. The model's input at patch i is the mean
 of its K token embeddings (no new parameters); its output at patch i scores
 every one of the K tokens of patch i+1 with the one LM head, and the loss is
-the mean cross-entropy over those K targets. A patch sample reads K*T tokens
-so the model still sees T positions: each step does the work of T positions
-(``compute`` advances by tokens/K) while consuming K times the data.
+the mean cross-entropy over those K targets, from one log-softmax per
+position. A patch sample reads K*T tokens so the model still sees T
+positions: it does the work of T positions (``compute`` advances by tokens/K).
+A patch step holds batch_size such samples, or batch_size/K of them so that it
+reads as many tokens as a token step (``patch.tokens_per_step: equal``, the
+paper's recipe: as many steps as token-level training over the same data).
 
 The first share lambda of a trial's data is trained this way, the rest at
 token level from the same weights. ``PatchBatcher`` keeps the two phases on
@@ -28,7 +31,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from trainables.data.tokens import TokenSpans
 from trainables.model import GPT
@@ -37,7 +39,7 @@ from trainables.model import GPT
 def patch_loss(model: GPT, window: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Mean next-patch cross-entropy of a (batch, K*T + K) token window.
 
-    With K = 1 this is, operation for operation, ``model.loss`` on the same tokens.
+    With K = 1 this is ``model.loss`` on the same tokens, to rounding.
 
     Example:
         >>> from trainables.model import ModelConfig
@@ -52,10 +54,11 @@ def patch_loss(model: GPT, window: torch.Tensor, patch_size: int) -> torch.Tenso
         raise ValueError(f"a window of {length} tokens is not K*T + K tokens for K={patch_size}")
     inputs = window[:, : patch_size * positions].reshape(batch, positions, patch_size)
     targets = window[:, patch_size:].reshape(batch, positions, patch_size)
-    logits = model.logits_from_embeddings(model.embed(inputs).mean(dim=2))
-    # Each position's logits score all K tokens of the next patch.
-    scores = logits.unsqueeze(2).expand(-1, -1, patch_size, -1)
-    return F.cross_entropy(scores.flatten(0, 2), targets.flatten())
+    logits = model.logits_from_embeddings(model.embed(inputs).mean(dim=2)).float()
+    # Each position's logits score all K tokens of the next patch: one normaliser per position, and the
+    # K targets' logits gathered, rather than the (batch, T, K, vocab) scores of K copies.
+    target_logits = logits.gather(2, targets)
+    return (torch.logsumexp(logits, dim=2, keepdim=True) - target_logits).mean()
 
 
 class TrainingLoss(nn.Module):
@@ -89,9 +92,10 @@ class PatchBatcher:
     continuing where the patch phase stopped. With K = 1 both are the
     token-level batches of the same order.
 
+    A patch batch holds ``patch_rows`` groups (``batch_size`` unless given).
     Every worker of a trial draws the same order; with ``world_size``
     workers, the one of ``rank`` reads and returns rows ``rank::world_size``
-    of each global batch of ``batch_size`` rows, and no other.
+    of each global batch, and no other.
 
     Example:
         >>> batcher = PatchBatcher(np.arange(1000, dtype=np.uint16), seq_len=8, patch_size=4, batch_size=2, seed=0)
@@ -107,12 +111,15 @@ class PatchBatcher:
         patch_size: int,
         batch_size: int,
         seed: int,
+        patch_rows: int | None = None,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if min(seq_len, patch_size, batch_size) < 1:
+        patch_rows = batch_size if patch_rows is None else patch_rows
+        if min(seq_len, patch_size, batch_size, patch_rows) < 1:
             raise ValueError(
-                f"seq_len, patch_size and batch_size must be at least 1, got {seq_len}, {patch_size}, {batch_size}"
+                f"seq_len, patch_size, batch_size and patch_rows must be at least 1, got {seq_len}, {patch_size}, "
+                f"{batch_size}, {patch_rows}"
             )
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must lie in [0, world_size), got rank {rank} of {world_size}")
@@ -126,6 +133,7 @@ class PatchBatcher:
         self._seq_len = seq_len
         self._patch_size = patch_size
         self._batch_size = batch_size
+        self._patch_rows = patch_rows
         self._rows = slice(rank, None, world_size)
         self._rng = np.random.default_rng(seed)
         self._order = np.zeros(0, dtype=np.int64)
@@ -134,7 +142,7 @@ class PatchBatcher:
 
     @property
     def tokens_per_patch_batch(self) -> int:
-        return self._batch_size * self._group
+        return self._patch_rows * self._group
 
     @property
     def tokens_per_token_batch(self) -> int:
@@ -142,12 +150,13 @@ class PatchBatcher:
 
     def batches_per_epoch(self, patched: bool) -> int:
         """Batches in one pass over the data, in the patch phase or the token phase."""
-        windows = self._n_groups * (1 if patched else self._patch_size)
-        return max(1, windows // self._batch_size)
+        if patched:
+            return max(1, self._n_groups // self._patch_rows)
+        return max(1, self._n_groups * self._patch_size // self._batch_size)
 
     def patch_batch(self) -> torch.Tensor:
         """(rows, K*T + K) tokens: this worker's rows of the next groups, with the patch after each."""
-        starts = self._next_groups(self._batch_size) * self._group
+        starts = self._next_groups(self._patch_rows) * self._group
         return self._windows(starts, self._group + self._patch_size)
 
     def token_batch(self) -> torch.Tensor:

@@ -30,6 +30,7 @@ from orchestrator.spec.settings import SchedulerSection, SearcherSection, SpecCo
 from search_spaces.build import Knob
 from trainables.config import BudgetConfig, flatten, trial_fields
 from trainables.data.prepare import SelectionPlan
+from trainables.data.tokenizer import TokenizerConfig
 from trainables.model import ModelConfig
 
 
@@ -57,11 +58,13 @@ class SweepSpec:
         """The orders this sweep's trials can draw from, prepared once before any trial runs."""
         strategies = self._possible("selection.strategy")
         fractions = [float(f) for f in self._possible("selection.fraction")]
+        by_tokens = "tokens" in self._possible("selection.fraction_of")
         return SelectionPlan(
             strategies=tuple(s for s in ("random", "uniform") if s in strategies),
             max_fraction=max(fractions),
             embedding=self.data.embedding,
             seed=self.data.selection_seed,
+            max_token_fraction=max(fractions) if by_tokens else 0.0,
         )
 
     def _possible(self, key: str) -> tuple[Any, ...]:
@@ -135,7 +138,7 @@ def parse_spec(raw: Any, source: str = "") -> SweepSpec:
 
     data = data_section(top.data, problems)
     budget = required(BudgetConfig, top.budget, "budget", problems)
-    model = model_config(top.model, problems)
+    model = model_config(top.model, problems, (data.tokenizer if data else TokenizerConfig()).model_vocab_size)
     searcher, scheduler = _algorithms(top, problems)
     resources = validate(ResourcesSection, top.resources or {}, "resources", problems)
     tracking = validate(TrackingSection, top.tracking or {}, "tracking", problems)

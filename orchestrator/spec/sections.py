@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.spec.errors import add_errors, required, validate
 from trainables.data.corpus import CorpusError, CorpusFormat, resolve_corpus
+from trainables.data.tokenizer import TokenizerConfig
 from trainables.model import MODEL_PRESETS, ModelConfig
 from trainables.selection.embeddings import EmbeddingConfig
 
@@ -30,6 +31,7 @@ class DataSection(Section):
     val_fraction: float = Field(0.1, gt=0, le=0.5)
     seed: int = Field(0, ge=0)
     eval_tokens: int = Field(8192, ge=1, description="validation tokens scored at every report")
+    tokenizer: TokenizerConfig = TokenizerConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()
     selection_seed: int = Field(0, ge=0, description="seeds the random selection order")
 
@@ -101,12 +103,14 @@ def _check_corpus(corpus: str, problems: list[str]) -> None:
         problems.append(f"data.corpus: no such file: {path}")
 
 
-def model_config(raw: Any, problems: list[str]) -> ModelConfig | None:
-    """The model a ``model`` section describes: a preset, with the fields it overrides."""
+def model_config(raw: Any, problems: list[str], vocab_size: int) -> ModelConfig | None:
+    """The model a ``model`` section describes: a preset, with the fields it overrides, for ``vocab_size`` tokens
+    (the tokenizer's)."""
     section = validate(ModelSection, raw or {}, "model", problems)
     if section is None:
         return None
     shape = MODEL_PRESETS[section.size] | section.model_dump(exclude={"size"}, exclude_none=True)
+    shape["vocab_size"] = vocab_size
     try:
         return ModelConfig(**shape)
     except ValidationError as exc:

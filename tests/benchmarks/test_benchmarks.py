@@ -37,8 +37,10 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], set[str]]] = {
         "trial_s_with_mlflow", "trial_s_without_mlflow", "trial_s_bare_tuner", "logging_slowdown",
         "orchestration_slowdown", "slowdown_trials_each", "repeats", "runs",
     }),
-    "patch": ((), {
-        "corpus", "threads", "token_tokens_per_s", "patch_tokens_per_s_k2", "patch_throughput_ratio_k2",
+    # The paper's recipe on BPE tokens: the default one (positions, bytes) runs the same code with other values.
+    "patch": (("--recipe", "equal", "--tokenizer", "bpe", "--vocab-size", "512"), {
+        "corpus", "threads", "recipe", "tokenizer", "token_tokens_per_s", "patch_tokens_per_s_k2",
+        "patch_throughput_ratio_k2",
         "patch_tokens_per_s_k4", "patch_throughput_ratio_k4", "patch_tokens_per_s_k8", "patch_throughput_ratio_k8",
         "token", "patch_equal_data", "patch_equal_compute", "cost_ratio_k4_l23", "data_ratio_equal_data",
         "val_loss_token", "val_loss_patch_equal_data", "val_loss_patch_equal_compute",

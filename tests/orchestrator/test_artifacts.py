@@ -25,7 +25,7 @@ from orchestrator.results import SweepResults, format_table
 from orchestrator.spec import parse_spec
 from orchestrator.sweep_artifacts import TRIAL_PLOT, log_sweep_artifacts
 from tests.conftest import tiny_spec
-from trainables.loop import OBJECTIVE
+from trainables.loop import FINAL_BITS_PER_BYTE, OBJECTIVE
 
 STEPS = (20, 40, 60, 80)
 
@@ -235,10 +235,16 @@ def test_no_importances_when_no_knob_varies() -> None:
 
 def test_the_results_table_shows_throughput_and_mfu_where_known() -> None:
     trials = pd.DataFrame(
-        {"trial_id": ["a", "b"], "status": ["completed"] * 2, OBJECTIVE: [2.0, 1.0], "compute": [1e6, 1e6],
-         "tokens_per_s": [123_456.0, 98_765.4], "mfu": [0.412, math.nan], "config.peak_lr": [1e-3, 3e-3]}
+        {"trial_id": ["a", "b"], "status": ["completed"] * 2, OBJECTIVE: [2.0, 1.0], FINAL_BITS_PER_BYTE: [2.9, 1.44],
+         "compute": [1e6, 1e6], "tokens_per_s": [123_456.0, 98_765.4], "mfu": [0.412, math.nan],
+         "config.peak_lr": [1e-3, 3e-3]}
     )  # fmt: skip
     lines = format_table(trials, ["peak_lr"], top=2).splitlines()
-    assert lines[0].split() == ["rank", "trial_id", "status", OBJECTIVE, "compute", "tokens/s", "mfu", "peak_lr"]
-    assert lines[1].split()[1:] == ["b", "completed", "1.0000", "1e+06", "98,765", "-", "0.003"]
-    assert lines[2].split()[5:7] == ["123,456", "41.2%"]
+    assert lines[0].split() == [
+        "rank", "trial_id", "status", OBJECTIVE, FINAL_BITS_PER_BYTE, "compute", "tokens/s", "mfu", "peak_lr",
+    ]  # fmt: skip
+    assert lines[1].split()[1:] == ["b", "completed", "1.0000", "1.4400", "1e+06", "98,765", "-", "0.003"]
+    assert lines[2].split()[6:8] == ["123,456", "41.2%"]
+    # Results written before bits per byte was reported show it as absent.
+    older = format_table(trials.drop(columns=FINAL_BITS_PER_BYTE), [], top=1).splitlines()
+    assert older[1].split()[4] == "-"

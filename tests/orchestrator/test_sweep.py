@@ -25,7 +25,7 @@ from orchestrator.store_writer import STATUS_TAG
 from orchestrator.sweep import SweepOutcome, run_sweep
 from orchestrator.sweep_hooks import MetricFeed, SweepEnd, SweepHooks, TrialMetrics, active_hooks
 from tests.conftest import REPO, Sweep, effsweep, tiny_spec, write_spec
-from trainables.loop import OBJECTIVE, REPORTED_METRICS
+from trainables.loop import FINAL_BITS_PER_BYTE, OBJECTIVE, REPORTED_METRICS
 
 
 def _record(root: Path) -> dict:
@@ -96,6 +96,8 @@ def test_parquet_export_has_every_report_of_every_trial(e2e_sweep: Sweep) -> Non
     assert len(trials) == 4 and trials["status"].eq("completed").all()
     assert trials[OBJECTIVE].is_monotonic_increasing
     assert (trials["tokens_per_s"] > 0).all() and "mfu" not in trials  # a CPU has no known peak
+    # Bytes: one token a byte, so bits per byte are the loss in bits.
+    assert trials[FINAL_BITS_PER_BYTE].to_numpy() == pytest.approx(trials[OBJECTIVE].to_numpy() / math.log(2))
     assert set(REPORTED_METRICS) <= set(metrics.columns)
     for trial_id, reports in metrics.groupby("trial_id"):
         assert reports["step"].is_monotonic_increasing

@@ -15,7 +15,9 @@ the memory this takes, docs/benchmarks.md.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import functools
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +25,16 @@ import numpy as np
 
 from trainables.config import SelectionConfig
 from trainables.data.corpus import CorpusError, CorpusFormat, document_chunks, read_documents, resolve_corpus
-from trainables.data.tokens import PRIVATE_FILE, CorpusSplit, TokenSpans, corpus_hash, tokenize_cached
+from trainables.data.tokenizer import BYTES, Tokenizer, TokenizerConfig
+from trainables.data.tokens import (
+    PRIVATE_FILE,
+    CorpusSplit,
+    TokenizedCorpus,
+    TokenSpans,
+    corpus_hash,
+    count_and_hash,
+    tokenize_cached,
+)
 from trainables.selection.embeddings import EmbeddingConfig, document_embeddings
 from trainables.selection.orderings import (
     Progress,
@@ -48,12 +59,14 @@ def split_documents(n_documents: int, val_fraction: float, seed: int) -> tuple[n
 
 @dataclass(frozen=True)
 class SelectionPlan:
-    """The selection work a sweep needs done once: orders for ``strategies``, greedy up to ``max_fraction``."""
+    """The selection work a sweep needs done once: orders for ``strategies``, greedy up to ``max_fraction`` of the
+    documents and far enough to hold ``max_token_fraction`` of their tokens."""
 
     strategies: tuple[str, ...]
     max_fraction: float
     embedding: EmbeddingConfig
     seed: int
+    max_token_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -62,12 +75,17 @@ class SweepData:
 
     ``train`` reads the token file in place; ``embeddings`` (training
     documents' vectors) is present when the sweep can select by ``random`` or
-    ``uniform``, so trials can measure their subset.
+    ``uniform``, so trials can measure their subset. ``val_bytes`` is the
+    UTF-8 bytes of text the validation windows' targets stand for, which turns
+    a loss per token into bits per byte (``bits_per_byte``).
     """
 
     train: CorpusSplit
     val_windows: np.ndarray
     corpus_hash: str
+    val_bytes: int
+    tokenizer: str = BYTES.id
+    vocab_size: int = BYTES.vocab_size
     orders: Mapping[str, SelectionOrder] = field(default_factory=dict)
     embeddings: np.ndarray | None = None
 
@@ -75,13 +93,20 @@ class SweepData:
     def train_tokens(self) -> int:
         return self.train.n_tokens
 
+    def bits_per_byte(self, val_loss: float) -> float:
+        """A mean validation loss in nats per token as bits per byte of the validation text."""
+        return val_loss * self.val_windows[:, 1:].size / (self.val_bytes * math.log(2))
+
     def training_documents(self, selection: SelectionConfig) -> np.ndarray:
         """The training documents a trial with this selection uses, in index order."""
         if selection.strategy == "full":
             return np.arange(self.train.n_documents)
         if selection.strategy not in self.orders:
             raise ValueError(f"selection strategy {selection.strategy!r} was not prepared for this sweep")
-        return np.sort(self.orders[selection.strategy].prefix(selection.fraction))
+        order = self.orders[selection.strategy]
+        if selection.fraction_of == "tokens":
+            return np.sort(order.token_prefix(self.train.lengths, selection.fraction))
+        return np.sort(order.prefix(selection.fraction))
 
     def selection_metrics(self, documents: np.ndarray) -> dict[str, float]:
         """Size of a trial's subset and, when embeddings exist, how uniform it is."""
@@ -111,6 +136,7 @@ def prepare_sweep_data(
     eval_tokens: int,
     cache_dir: Path,
     corpus_format: CorpusFormat | None = None,
+    tokenizer: TokenizerConfig | None = None,
     selection: SelectionPlan | None = None,
     progress: Progress | None = None,
     uniform: UniformOrdering = uniform_document_order,
@@ -119,19 +145,23 @@ def prepare_sweep_data(
 
     The validation split is taken here, before any data selection, so every
     trial is scored on the same ``eval_tokens // seq_len`` windows, and no
-    validation document is ever selected. The training split is the training
+    validation document is ever selected; a BPE tokenizer learns from the
+    training documents only. The training split is the training
     documents' spans of the token file; it is never copied out. Selection
     embeds the training documents' texts, so a sweep that selects reads the
     corpus a second time, whole. ``uniform`` computes a uniform order (here,
     unless the caller runs it elsewhere: ``trainables.selection.order_task``).
     """
     path = resolve_corpus(corpus)
-    tokens, content = tokenize_cached(document_chunks(path, corpus_format), cache_dir)
-    train_ids, val_ids = split_documents(tokens.n_documents, val_fraction, seed)
+    chunks = functools.partial(document_chunks, path, corpus_format)
+    tokens, content, (train_ids, val_ids), used = _tokenized(
+        chunks, tokenizer or TokenizerConfig(), val_fraction, seed, cache_dir
+    )
     val_windows = _validation_windows(corpus, tokens.spans(val_ids), seq_len, eval_tokens)
-    train = CorpusSplit(tokens, train_ids)
+    val_bytes = int(used.token_bytes()[val_windows[:, 1:]].sum())
+    prepared = SweepData(CorpusSplit(tokens, train_ids), val_windows, content, val_bytes, used.id, used.vocab_size)
     if selection is None or not selection.strategies:
-        return SweepData(train, val_windows, content)
+        return prepared
     documents = read_documents(path, corpus_format)
     train_documents = [documents[i] for i in train_ids]
     train_hash = corpus_hash(train_documents)
@@ -142,8 +172,45 @@ def prepare_sweep_data(
             orders[strategy] = random_order(len(train_ids), selection.seed)
         else:
             order_path = cache_dir / f"order-uniform-{train_hash[:24]}-{selection.embedding.key()}.parquet"
-            orders[strategy] = cached_uniform_order(embeddings, selection.max_fraction, order_path, progress, uniform)
-    return SweepData(train, val_windows, content, orders, embeddings)
+            orders[strategy] = _uniform_order_holding(
+                embeddings, prepared.train.lengths, selection, order_path, progress, uniform
+            )
+    return dataclasses.replace(prepared, orders=orders, embeddings=embeddings)
+
+
+def _tokenized(
+    chunks: Callable[[], Iterable[Sequence[str]]],
+    config: TokenizerConfig,
+    val_fraction: float,
+    seed: int,
+    cache_dir: Path,
+) -> tuple[TokenizedCorpus, str, tuple[np.ndarray, np.ndarray], Tokenizer]:
+    """The corpus's token file, its content hash, its (train, validation) split and the tokenizer that read it."""
+    if config.kind == "bytes":  # nothing to learn: one pass tokenises, hashes and counts
+        tokens, content = tokenize_cached(chunks(), cache_dir, BYTES)
+        return tokens, content, split_documents(tokens.n_documents, val_fraction, seed), BYTES
+    from trainables.data.bpe import cached_bpe  # only where BPE is used: ``tokenizers`` is a native library
+
+    n_documents, content = count_and_hash(chunks())
+    train_ids, val_ids = split_documents(n_documents, val_fraction, seed)
+    training_text = functools.partial(_documents_among, chunks, train_ids, n_documents)
+    used = cached_bpe(config, training_text, len(train_ids), f"{content}|{val_fraction}|{seed}", cache_dir)
+    tokens, _ = tokenize_cached(chunks(), cache_dir, used)
+    return tokens, content, (train_ids, val_ids), used
+
+
+def _documents_among(
+    chunks: Callable[[], Iterable[Sequence[str]]], chosen: np.ndarray, n_documents: int
+) -> Iterator[str]:
+    """The ``chosen`` documents (by index) of a corpus read a chunk at a time, in corpus order."""
+    wanted = np.zeros(n_documents, dtype=bool)
+    wanted[chosen] = True
+    index = 0
+    for chunk in chunks():
+        for document in chunk:
+            if wanted[index]:
+                yield document
+            index += 1
 
 
 def _validation_windows(corpus: str, stream: TokenSpans, seq_len: int, eval_tokens: int) -> np.ndarray:
@@ -155,6 +222,25 @@ def _validation_windows(corpus: str, stream: TokenSpans, seq_len: int, eval_toke
             f"window of {seq_len + 1}; raise val_fraction or eval_tokens"
         )
     return stream.windows(np.arange(n_windows) * seq_len, seq_len + 1)
+
+
+def _uniform_order_holding(
+    embeddings: np.ndarray,
+    lengths: np.ndarray,
+    selection: SelectionPlan,
+    path: Path,
+    progress: Progress | None,
+    uniform: UniformOrdering,
+) -> SelectionOrder:
+    """The uniform order greedy for ``max_fraction`` of the documents and, doubling that share as needed, for
+    ``max_token_fraction`` of their tokens (a uniform prefix favours short documents, so it needs more of them)."""
+    fraction = selection.max_fraction
+    while True:
+        order = cached_uniform_order(embeddings, fraction, path, progress, uniform)
+        held = lengths[order.documents[: order.ranked]].sum()
+        if fraction >= 1 or held >= selection.max_token_fraction * lengths.sum():
+            return order
+        fraction = min(1.0, 2 * fraction)
 
 
 def cached_uniform_order(

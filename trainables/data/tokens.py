@@ -2,11 +2,11 @@
 
 A token file is a ``.npy`` array of every document's tokens, each document
 ending with the end-of-document token, in the corpus's order; its dtype is the
-smallest that holds the vocabulary (uint16 for the byte-level tokenizer,
-uint32 past 65,536 tokens). The documents' offsets (int64, one per document
-and one more) sit beside it in ``<name>.offsets.npy``. The files are written
-as the corpus streams in, a chunk of documents at a time, and mapped when
-read, so no process holds the corpus: a trial keeps only the pages of the
+smallest that holds the vocabulary (uint16 for bytes and BPE vocabularies up
+to 65,536 tokens, uint32 past), and its name keys the text and the tokenizer.
+The documents' offsets (int64, one per document and one more) sit beside it
+in ``<name>.offsets.npy``. The files are written as the corpus streams in, a
+chunk of documents at a time, and mapped when read, so no process holds the corpus: a trial keeps only the pages of the
 windows it reads. ``TokenSpans`` reads chosen documents as one stream without
 concatenating them. See docs/architecture.md (the data package) and
 docs/benchmarks.md (data at scale).
@@ -27,18 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from trainables.data import tokenizer
 from trainables.data.corpus import CorpusError
+from trainables.data.tokenizer import Tokenizer, token_dtype
 
-# Cached tokens are a reversible copy of a corpus (the tokenizer is byte-level): their owner's alone.
+# Cached tokens are a reversible copy of a corpus (both tokenizers are byte-level): their owner's alone.
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
 OFFSETS_SUFFIX = ".offsets.npy"
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    """The dtype of a token file for a vocabulary of ``vocab_size``: uint16 while it fits, else uint32."""
-    return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
 
 
 def offsets_path(path: Path) -> Path:
@@ -246,29 +241,43 @@ class CorpusSplit:
 
 
 def corpus_hash(documents: Iterable[str]) -> str:
-    """Content hash of a corpus and the tokenizer that reads it."""
+    """Content hash of documents' text (whatever the tokenizer)."""
     digest = _start_hash()
     _hash_documents(digest, documents)
     return digest.hexdigest()
 
 
-def tokenize_cached(chunks: Iterable[Sequence[str]], cache_dir: Path) -> tuple[TokenizedCorpus, str]:
-    """Tokenise documents, given a chunk at a time, into the token file cached under their content hash.
+def count_and_hash(chunks: Iterable[Sequence[str]]) -> tuple[int, str]:
+    """The number of documents given a chunk at a time, and their ``corpus_hash``, in one streamed pass."""
+    digest = _start_hash()
+    count = 0
+    for chunk in chunks:
+        _hash_documents(digest, chunk)
+        count += len(chunk)
+    return count, digest.hexdigest()
+
+
+def tokenize_cached(
+    chunks: Iterable[Sequence[str]], cache_dir: Path, tokenizer: Tokenizer
+) -> tuple[TokenizedCorpus, str]:
+    """Tokenise documents, given a chunk at a time, into the token file cached under their content hash and the
+    tokenizer's id.
 
     Returns the corpus, read from the cached file, and its ``corpus_hash``. The
     tokens stream to a private partial file as the content is hashed; a file
-    already cached for that hash is kept and the partial one dropped. The cache
-    directory is made 0700 and its files are 0600.
+    already cached for that content and tokenizer is kept and the partial one
+    dropped. The cache directory is made 0700 and its files are 0600.
     """
     cache_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
     digest = _start_hash()
     partial = cache_dir / f"tokens.{os.getpid()}.{secrets.token_hex(4)}.partial.npy"
-    with _TokenFileWriter(partial, token_dtype(tokenizer.VOCAB_SIZE)) as writer:
+    with _TokenFileWriter(partial, token_dtype(tokenizer.vocab_size)) as writer:
         for chunk in chunks:
             _hash_documents(digest, chunk)
             writer.append(*tokenizer.encode_documents(chunk))
     content = digest.hexdigest()
-    path = cache_dir / f"tokens-{content[:24]}.npy"
+    key = hashlib.sha256(f"{content}|{tokenizer.id}".encode()).hexdigest()
+    path = cache_dir / f"tokens-{key[:24]}.npy"
     if path.is_file() and offsets_path(path).is_file():
         writer.remove()
     else:
@@ -289,7 +298,7 @@ class _TokenFileWriter:
         self._end = 0
 
     def append(self, tokens: np.ndarray, offsets: np.ndarray) -> None:
-        """One chunk of documents: its tokens and its offsets from 0 (``tokenizer.encode_documents``'s pair)."""
+        """One chunk of documents: its tokens and its offsets from 0 (a tokenizer's ``encode_documents`` pair)."""
         self._tokens.append(tokens)
         self._offsets.append(offsets[1:] + self._end)
         self._end += len(tokens)
@@ -371,7 +380,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 
 def _start_hash() -> Any:
-    return hashlib.sha256(tokenizer.TOKENIZER_ID.encode())
+    return hashlib.sha256(b"text-v1")
 
 
 def _hash_documents(digest: Any, documents: Iterable[str]) -> None:

@@ -278,6 +278,20 @@ class SelectionOrder:
     def prefix(self, fraction: float) -> np.ndarray:
         return self.documents[: self.size(fraction)]
 
+    def token_prefix(self, lengths: np.ndarray, fraction: float) -> np.ndarray:
+        """The shortest prefix whose documents (of ``lengths`` tokens) hold ``fraction`` of all tokens: at least one.
+
+        A uniform order ranks only its first ``ranked`` documents; a prefix past them is refused, as its subset
+        would not be the greedy one.
+        """
+        held = np.cumsum(lengths[self.documents])
+        size = min(len(self.documents), int(np.searchsorted(held, fraction * held[-1] * (1 - 1e-12))) + 1)
+        if self.strategy == "uniform" and size > self.ranked:
+            raise ValueError(
+                f"{fraction:g} of the tokens takes {size} documents of the uniform order, which ranks {self.ranked}"
+            )
+        return self.documents[:size]
+
     def save(self, path: Path) -> None:
         table = pa.table(
             {

@@ -12,6 +12,7 @@ import pytest
 
 from orchestrator.sweep import cache_dir
 from trainables.data.prepare import cached_uniform_order
+from trainables.data.tokenizer import BYTES
 from trainables.data.tokens import offsets_path, tokenize_cached
 
 DOCUMENTS = ["The first document.", "A second, longer document.", "Third."]
@@ -53,16 +54,16 @@ def test_the_default_cache_dir_is_under_home(tmp_path: Path, monkeypatch: pytest
 
 def test_cached_tokens_are_private_and_read_back(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    tokens, _ = tokenize_cached([DOCUMENTS], cache)
+    tokens, _ = tokenize_cached([DOCUMENTS], cache, BYTES)
     path = tokens.path
     assert _mode(cache) == 0o700 and _mode(path) == 0o600 and _mode(offsets_path(path)) == 0o600
     assert sorted(p.name for p in cache.iterdir()) == sorted([path.name, offsets_path(path).name])  # no partial file
-    again, _ = tokenize_cached([DOCUMENTS], cache)
+    again, _ = tokenize_cached([DOCUMENTS], cache, BYTES)
     assert again.path == path and np.array_equal(again.tokens, tokens.tokens)
 
 
 def test_a_token_file_placed_on_the_sweeps_storage_stays_private(tmp_path: Path) -> None:
-    tokens, _ = tokenize_cached([DOCUMENTS], tmp_path / "cache")
+    tokens, _ = tokenize_cached([DOCUMENTS], tmp_path / "cache", BYTES)
     placed = tokens.placed_in(tmp_path / "storage" / "_data")
     assert placed.path == tmp_path / "storage" / "_data" / tokens.path.name
     assert _mode(placed.path.parent) == 0o700 and _mode(placed.path) == _mode(offsets_path(placed.path)) == 0o600

@@ -10,19 +10,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trainables.data import tokenizer
 from trainables.data.corpus import CorpusError, read_documents, resolve_corpus
 from trainables.data.prepare import prepare_sweep_data, split_documents
+from trainables.data.tokenizer import BYTES, ByteTokenizer
 from trainables.data.tokens import TokenizedCorpus, corpus_hash, offsets_path, tokenize_cached
 
 
 @given(st.lists(st.text(), max_size=20))
 def test_encoding_round_trips_any_text(documents: list[str]) -> None:
-    tokens, offsets = tokenizer.encode_documents(documents)
+    tokens, offsets = BYTES.encode_documents(documents)
     assert len(offsets) == len(documents) + 1
     for i, doc in enumerate(documents):
         piece = tokens[offsets[i] : offsets[i + 1]]
-        assert piece[-1] == tokenizer.END_OF_DOCUMENT
+        assert piece[-1] == BYTES.end_of_document
         assert bytes(piece[:-1].astype(np.uint8)) == doc.encode("utf-8")
 
 
@@ -68,28 +68,27 @@ def test_a_real_latin1_corpus_is_refused_with_its_line() -> None:
 
 def test_tokenised_corpus_is_cached_and_reused(tmp_path: Path) -> None:
     documents = read_documents(resolve_corpus("gensim:lee_background"))[:60]
-    first, content = tokenize_cached([documents[:25], documents[25:]], tmp_path)
+    first, content = tokenize_cached([documents[:25], documents[25:]], tmp_path, BYTES)
     assert content == corpus_hash(documents)
     assert first.path is not None and first.path.suffix == ".npy" and offsets_path(first.path).is_file()
-    tokens, offsets = tokenizer.encode_documents(documents)
+    tokens, offsets = BYTES.encode_documents(documents)
     np.testing.assert_array_equal(first.tokens, tokens)  # chunks tokenise as the whole corpus does
     np.testing.assert_array_equal(first.offsets, offsets)
     assert first.tokens.dtype == np.uint16 and first.offsets.dtype == np.int64
     cached_at = first.path.stat().st_mtime_ns
-    second, again = tokenize_cached([documents], tmp_path)
+    second, again = tokenize_cached([documents], tmp_path, BYTES)
     assert (second.path, again) == (first.path, content)
     assert second.path.stat().st_mtime_ns == cached_at  # the cached file is kept, the new one dropped
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.path.name, offsets_path(first.path).name])
-    other, _ = tokenize_cached([documents[:-1]], tmp_path)
+    other, _ = tokenize_cached([documents[:-1]], tmp_path, BYTES)
     assert other.path != first.path, "a different corpus must get a different cache key"
 
 
-def test_a_token_file_holds_uint32_tokens_past_a_uint16_vocabulary(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(tokenizer, "VOCAB_SIZE", 2**16 + 1)
-    corpus, _ = tokenize_cached([["ab", "c"]], tmp_path)
-    assert corpus.tokens.dtype == np.uint32 and tokenizer.decode(corpus.tokens) == "ab\nc\n"
+def test_a_token_file_holds_uint32_tokens_past_a_uint16_vocabulary(tmp_path: Path) -> None:
+    wide = ByteTokenizer()
+    wide.vocab_size = 2**16 + 1
+    corpus, _ = tokenize_cached([["ab", "c"]], tmp_path, wide)
+    assert corpus.tokens.dtype == np.uint32 and BYTES.decode(corpus.tokens) == "ab\nc\n"
 
 
 def test_a_failed_read_leaves_no_partial_file(tmp_path: Path) -> None:
@@ -98,14 +97,14 @@ def test_a_failed_read_leaves_no_partial_file(tmp_path: Path) -> None:
         raise CorpusError("corpus.txt: line 2 is not valid UTF-8 (byte 0xff)")
 
     with pytest.raises(CorpusError, match="line 2"):
-        tokenize_cached(failing(), tmp_path)
+        tokenize_cached(failing(), tmp_path, BYTES)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_select_concatenates_documents_in_the_given_order() -> None:
-    tokens, offsets = tokenizer.encode_documents(["ab", "c", "def"])
+    tokens, offsets = BYTES.encode_documents(["ab", "c", "def"])
     corpus = TokenizedCorpus(tokens, offsets)
-    assert tokenizer.decode(corpus.select(np.array([2, 0]))) == "def\nab\n"
+    assert BYTES.decode(corpus.select(np.array([2, 0]))) == "def\nab\n"
     assert len(corpus.select(np.array([], dtype=np.int64))) == 0
 
 
@@ -125,8 +124,8 @@ def test_validation_windows_are_fixed_and_held_out(tmp_path: Path) -> None:
     b = prepare_sweep_data("gensim:lee_background", **kwargs)
     assert a.val_windows.shape == (64, 65)
     np.testing.assert_array_equal(a.val_windows, b.val_windows)
-    train_text = tokenizer.decode(a.train.tokens)
-    val_text = tokenizer.decode(a.val_windows[:, :-1].ravel())
+    train_text = BYTES.decode(a.train.tokens)
+    val_text = BYTES.decode(a.val_windows[:, :-1].ravel())
     # A held-out sentence of the validation split never appears in training.
     probe = max(val_text.split(". "), key=len)
     assert len(probe) > 40 and probe not in train_text

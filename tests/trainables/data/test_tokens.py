@@ -20,6 +20,7 @@ from tests.conftest import REPO
 from trainables.data import corpus as corpus_module
 from trainables.data.corpus import CorpusError, CorpusFormat, document_chunks, gensim_corpus_dir, read_documents
 from trainables.data.prepare import SweepData
+from trainables.data.tokenizer import BYTES
 from trainables.data.tokens import TokenizedCorpus, TokenSpans, tokenize_cached
 from trainables.patch import PatchBatcher
 
@@ -156,7 +157,7 @@ def test_preparing_a_corpus_takes_memory_that_does_not_grow_with_it(tmp_path: Pa
 
 def test_reading_windows_leaves_the_token_files_pages_out_of_resident_memory(tmp_path: Path) -> None:
     documents = ["".join(chr(97 + (i * 7 + j) % 26) for j in range(4000)) for i in range(16)]
-    corpus, _ = tokenize_cached([documents] * 1000, tmp_path)  # 64M tokens, 128 MB
+    corpus, _ = tokenize_cached([documents] * 1000, tmp_path, BYTES)  # 64M tokens, 128 MB
     spans = corpus.spans(np.arange(corpus.n_documents))
     starts = np.random.default_rng(0).integers(0, len(spans) - 1000, size=(200, 16))
     before = status_mib("VmRSS")

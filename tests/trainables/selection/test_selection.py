@@ -15,9 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import REPO, effsweep
+from trainables.config import SelectionConfig
 from trainables.data import prepare as data_module
 from trainables.data.corpus import gensim_corpus_dir, read_documents, resolve_corpus
-from trainables.data.prepare import cached_uniform_order
+from trainables.data.prepare import SelectionPlan, SweepData, cached_uniform_order, prepare_sweep_data
 from trainables.selection.embeddings import EmbeddingConfig, document_embeddings, words
 from trainables.selection.orderings import (
     SelectionOrder,
@@ -189,3 +190,36 @@ def test_select_command_rejects_bad_arguments(tmp_path: Path) -> None:
     assert result.returncode == 2 and "--fraction must be in (0, 1], got 1.5" in result.stderr
     result = effsweep("select", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x.parquet"))
     assert result.returncode == 1 and "missing.txt: no such file" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def lee_selected(tmp_path_factory: pytest.TempPathFactory) -> SweepData:
+    """Lee's corpus with both orders prepared far enough for a quarter of the training tokens."""
+    plan = SelectionPlan(("random", "uniform"), 0.1, EmbeddingConfig(), seed=0, max_token_fraction=0.25)
+    return prepare_sweep_data(
+        "gensim:lee_background", val_fraction=0.1, seed=0, seq_len=32, eval_tokens=2048,
+        cache_dir=tmp_path_factory.mktemp("cache"), selection=plan,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("strategy", ["random", "uniform"])
+def test_a_fraction_of_tokens_takes_the_shortest_prefix_that_holds_them(lee_selected: SweepData, strategy: str) -> None:
+    lengths = lee_selected.train.lengths
+    chosen = lee_selected.training_documents(SelectionConfig(strategy=strategy, fraction=0.25, fraction_of="tokens"))
+    order = lee_selected.orders[strategy].documents
+    assert np.array_equal(chosen, np.sort(order[: len(chosen)]))
+    held = lengths[chosen].sum()
+    assert held >= 0.25 * lengths.sum() > held - lengths[order[len(chosen) - 1]]
+
+
+def test_equal_tokens_give_uniform_selection_more_documents_than_random(lee_selected: SweepData) -> None:
+    # The order was planned for a tenth of the documents; a quarter of the tokens needed the greedy to go further.
+    uniform = lee_selected.orders["uniform"]
+    assert uniform.ranked > 0.1 * len(uniform.documents)
+    by = {
+        s: lee_selected.training_documents(SelectionConfig(strategy=s, fraction=0.25, fraction_of="tokens"))
+        for s in ("random", "uniform")
+    }
+    assert len(by["uniform"]) > len(by["random"])  # the max-min order reaches short, outlying documents first
+    with pytest.raises(ValueError, match=r"of the tokens takes \d+ documents of the uniform order, which ranks"):
+        lee_selected.training_documents(SelectionConfig(strategy="uniform", fraction=0.9, fraction_of="tokens"))
