@@ -197,9 +197,12 @@ def logging_slowdown(root: Path, trials: int, rounds: int) -> dict[str, Any]:
 
 
 def measure(root: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """One run of every figure (of the Ray Train one alone with ``--only-train``)."""
+    """One run of every figure (of the Ray Train one alone with ``--only-train``, of the slowdowns with
+    ``--only-slowdown``)."""
     root.mkdir(parents=True)
     points, single_points, slowdown_trials = (200, 20, 1) if args.smoke else (20_000, 1_000, 4)
+    if args.only_slowdown:
+        return logging_slowdown(root, trials=slowdown_trials, rounds=args.rounds)
     result: dict[str, Any] = dict(train_per_trial_overhead(root, args.trials))
     print(f"Ray Train per-trial overhead: {result['train_per_trial_overhead_s']:.3f} s", file=sys.stderr)
     if args.only_train:
@@ -223,6 +226,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of one sweep per side for the slowdowns")
     parser.add_argument("--repeats", type=int, default=3, help="runs of every figure; each is reported as the median")
     parser.add_argument("--only-train", action="store_true", help="measure the Ray Train path only")
+    parser.add_argument("--only-slowdown", action="store_true", help="measure the two slowdowns only")
     add_smoke_flag(parser)
     args = parser.parse_args()
     if args.smoke:

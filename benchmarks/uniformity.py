@@ -1,50 +1,54 @@
-"""Study: uniform against random subsets of Alpaca, as data and as training sets.
+"""Study: uniform against random subsets of Alpaca, as data and as training sets, at equal documents and tokens.
 
 1. Uniformity: h_min, mean nearest-neighbour distance and covering radius of
    uniform (greedy max-min) and random subsets of 10, 25 and 50% of the
    training documents (random: mean over three seeds).
 2. Training: the default model (``small``) trained at equal compute on the
-   uniform and the random subset of the same size (10% and 25%), and on all
-   the training data, scored on the same held-out validation windows.
+   uniform and the random subset of 10, 25 and 50%, counted in documents
+   (``selection.fraction_of: documents``) and in tokens (``tokens``: the
+   same training cost, which the max-min order, favouring short outlying
+   documents, spends on more of them), and on all the training data; each
+   under ``--seeds`` seeds (the model, the batch order and the random
+   subset's draw), scored on the same held-out validation windows in bits
+   per byte (``final_val_bpb``) and nats per token.
 
 Data: ``../shared/data/alpaca_data.json`` (skipped with a message if absent).
 Each Alpaca record is one document (instruction, input, output); 10% of the
-documents are held out for validation before any selection.
+documents are held out for validation before any selection (and before a
+BPE tokenizer is learnt, ``--tokenizer bpe``; bytes by default).
 
-Run: ``.venv/bin/python benchmarks/uniformity.py [--smoke]`` (about 25 minutes
-on 2 cores: two trainings at a time); writes ``docs/img/uniformity.png`` and
-prints one JSON object last. ``--smoke`` runs on gensim's small corpus.
+Run: ``.venv/bin/python benchmarks/uniformity.py [--tokenizer bpe] [--seeds 3] [--smoke]``
+(about an hour at three seeds on 2 cores: two trainings at a time); writes
+``docs/img/uniformity.png`` and prints one JSON object last. ``--smoke``
+runs on gensim's small corpus.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
-import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from corpora import ALPACA, SMALL_CORPUS
 from matplotlib.figure import Figure
+from seeded import model_settings, run_all, share, spread
 from smoke import SMOKE_MODEL, add_smoke_flag, output_path
 
-from trainables.config import MIN_STEPS, TrialConfig
+from trainables.config import MIN_STEPS
 from trainables.data.prepare import SelectionPlan, SweepData, prepare_sweep_data
-from trainables.loop import train_lm
+from trainables.data.tokenizer import TokenizerConfig
 from trainables.model import MODEL_PRESETS
 from trainables.selection.embeddings import EmbeddingConfig
 from trainables.selection.orderings import random_order, subset_metrics
 
 FIGURE = Path(__file__).resolve().parents[1] / "docs" / "img" / "uniformity.png"
 FRACTIONS = (0.1, 0.25, 0.5)
-TRAINED_FRACTIONS = (0.1, 0.25)
-
-_shared: SweepData | None = None  # the data, inherited by the worker processes
+MEASURES = ("documents", "tokens")
 
 
 def uniformity_table(data: SweepData) -> dict[str, dict[str, dict[str, float]]]:
@@ -59,53 +63,84 @@ def uniformity_table(data: SweepData) -> dict[str, dict[str, dict[str, float]]]:
     return table
 
 
-def _train(run: tuple[str, float, float, str]) -> dict[str, Any]:
-    strategy, fraction, compute, model = run
-    torch.set_num_threads(1)
-    settings = {f"model.{k}": v for k, v in MODEL_PRESETS[model].items()}
-    settings.update({"budget.compute": compute, "batch_size": 16, "eval_every": 100, "peak_lr": 3e-3})
-    settings.update({"selection.strategy": strategy, "selection.fraction": fraction})
-    reports: list[dict[str, float]] = []
-    started = time.perf_counter()
-    train_lm(TrialConfig.from_flat(settings), _shared, reports.append)
+def _summary(done: dict[str, Any]) -> dict[str, Any]:
+    first, last = done["first"], done["last"]
     return {
-        "strategy": strategy,
-        "fraction": fraction,
-        "final_val_loss": reports[-1]["final_val_loss"],
-        "selection_tokens": reports[0]["selection_tokens"],
-        "epochs": compute / reports[0]["selection_tokens"],
-        "curve": [[r["compute"], r["val_loss"]] for r in reports],
-        "seconds": time.perf_counter() - started,
+        "final_val_bpb": last["final_val_bpb"],
+        "final_val_loss": last["final_val_loss"],
+        "selection_documents": first["selection_documents"],
+        "selection_tokens": first["selection_tokens"],
+        "epochs": last["compute"] / first["selection_tokens"],
+        "seconds": done["seconds"],
     }
 
 
-def plot(runs: list[dict[str, Any]], path: Path) -> None:
+def _arms() -> list[tuple[str, float, str]]:
+    """(strategy, fraction, what the fraction counts) of every training, the full data last."""
+    arms = [(s, f, m) for m in MEASURES for f in FRACTIONS for s in ("uniform", "random")]
+    return [*arms, ("full", 1.0, "documents")]
+
+
+def train_arms(data: SweepData, base: dict[str, Any], seeds: int) -> list[dict[str, Any]]:
+    """Every arm under every seed; the random arms of seed s read random order s."""
+    n = data.train.n_documents
+    share({s: dataclasses.replace(data, orders={**data.orders, "random": random_order(n, s)}) for s in range(seeds)})
+    plan = [(arm, seed) for seed in range(seeds) for arm in _arms()]
+    runs = [
+        base | {"seed": seed, "selection.strategy": s, "selection.fraction": f, "selection.fraction_of": m}
+        for (s, f, m), seed in plan
+    ]
+    done = run_all(runs, _summary)
+    trained = []
+    for strategy, fraction, measure in _arms():
+        mine = [run for (arm, _), run in zip(plan, done, strict=True) if arm == (strategy, fraction, measure)]
+        trained.append({
+            "strategy": strategy, "fraction": fraction, "fraction_of": measure,
+            "final_val_bpb": spread(r["final_val_bpb"] for r in mine),
+            "final_val_loss": spread(r["final_val_loss"] for r in mine),
+            "selection_documents": spread(r["selection_documents"] for r in mine),
+            "selection_tokens": spread(r["selection_tokens"] for r in mine),
+            "epochs": spread(r["epochs"] for r in mine),
+            "runs": mine,
+        })  # fmt: skip
+    return trained
+
+
+def plot(trained: list[dict[str, Any]], path: Path) -> None:
+    """Final bits per byte of each subset against its size, uniform and random, in documents and in tokens."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(7, 4.5), dpi=110)
     ax = fig.add_subplot()
-    colours = {"uniform": "tab:red", "random": "tab:blue", "full": "black"}
-    for run in runs:
-        curve = np.array(run["curve"])
-        style = "-" if run["fraction"] in (1.0, TRAINED_FRACTIONS[0]) else "--"
-        label = "full data" if run["strategy"] == "full" else f"{run['strategy']} {run['fraction']:.0%}"
-        ax.plot(curve[:, 0], curve[:, 1], style, color=colours[run["strategy"]], label=label)
-    ax.set_xlabel("compute (tokens trained)")
-    ax.set_ylabel("validation loss (nats/byte)")
+    full = next(t for t in trained if t["strategy"] == "full")["final_val_bpb"]
+    ax.axhline(full["mean"], color="black", linewidth=1, label="all training data")
+    for strategy, colour in (("uniform", "tab:red"), ("random", "tab:blue")):
+        for measure, style in (("documents", "--"), ("tokens", "-")):
+            arm = [t for t in trained if t["strategy"] == strategy and t["fraction_of"] == measure]
+            means = [t["final_val_bpb"]["mean"] for t in arm]
+            errors = [t["final_val_bpb"]["std"] for t in arm]
+            ax.errorbar([t["fraction"] for t in arm], means, yerr=errors, fmt=style, marker="o", color=colour,
+                        capsize=3, label=f"{strategy}, equal {measure}")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xticks(FRACTIONS, [f"{f:.0%}" for f in FRACTIONS])
+    ax.set_xlabel("subset size (share of the training documents, or of their tokens)")
+    ax.set_ylabel("final validation bits per byte (mean, std over seeds)")
     ax.set_title("Alpaca: uniform vs random subsets at equal compute")
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
 
 
 def main() -> None:
-    global _shared
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--compute", type=float, default=4e6, help="tokens each training run is given")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--tokenizer", choices=("bytes", "bpe"), default="bytes")
+    parser.add_argument("--vocab-size", type=int, default=4096, help="BPE tokens to learn")
     add_smoke_flag(parser)
     args = parser.parse_args()
     if args.smoke:
-        corpus, model = SMALL_CORPUS, SMOKE_MODEL
+        corpus, model, args.seeds = SMALL_CORPUS, SMOKE_MODEL, 1
         compute = MIN_STEPS * 16 * MODEL_PRESETS[model]["seq_len"]
     elif ALPACA.is_file():
         corpus, model, compute = str(ALPACA), "small", args.compute
@@ -113,28 +148,37 @@ def main() -> None:
         print(f"skipped: {ALPACA} is absent")
         print(json.dumps({"skipped": f"{ALPACA} is absent"}))
         return
-    plan = SelectionPlan(("random", "uniform"), max(FRACTIONS), EmbeddingConfig(), seed=0)
+    plan = SelectionPlan(("random", "uniform"), max(FRACTIONS), EmbeddingConfig(), seed=0,
+                         max_token_fraction=max(FRACTIONS))  # fmt: skip
+    tokenizer = TokenizerConfig(kind="bpe", vocab_size=args.vocab_size) if args.tokenizer == "bpe" else None
     with tempfile.TemporaryDirectory() as cache:
-        _shared = prepare_sweep_data(
+        data = prepare_sweep_data(
             corpus, val_fraction=0.1, seed=0, seq_len=MODEL_PRESETS[model]["seq_len"], eval_tokens=32768,
-            cache_dir=Path(cache), selection=plan,
+            cache_dir=Path(cache), selection=plan, tokenizer=tokenizer,
         )  # fmt: skip
-    result: dict[str, Any] = {"documents": _shared.train.n_documents, "train_tokens": _shared.train_tokens}
-    result["uniformity"] = uniformity_table(_shared)
-    runs = [(s, f, compute, model) for f in TRAINED_FRACTIONS for s in ("uniform", "random")]
-    runs.append(("full", 1.0, compute, model))
-    with ProcessPoolExecutor(max_workers=2) as pool:  # fork: workers share the prepared data
-        trained = list(pool.map(_train, runs))
-    for run in trained:
-        print(f"{run['strategy']} {run['fraction']:.0%}: final val loss {run['final_val_loss']:.4f} "
-              f"({run['epochs']:.1f} epochs, {run['seconds']:.0f} s)", file=sys.stderr)  # fmt: skip
+    result: dict[str, Any] = {
+        "documents": data.train.n_documents, "train_tokens": data.train_tokens, "tokenizer": data.tokenizer,
+        "seeds": args.seeds, "model": model,
+    }  # fmt: skip
+    result["uniformity"] = uniformity_table(data)
+    base = model_settings(model, data) | {"budget.compute": compute, "batch_size": 16, "eval_every": 100,
+                                          "peak_lr": 3e-3}  # fmt: skip
+    trained = train_arms(data, base, args.seeds)
+    for arm in trained:
+        bpb = arm["final_val_bpb"]
+        print(f"{arm['strategy']} {arm['fraction']:.0%} of {arm['fraction_of']}: {bpb['mean']:.4f} +- "
+              f"{bpb['std']:.4f} bits/byte, {arm['selection_tokens']['mean']:.3g} tokens, "
+              f"{arm['epochs']['mean']:.1f} epochs", file=sys.stderr)  # fmt: skip
     with output_path(FIGURE, args.smoke) as figure:
         plot(trained, figure)
     result["training"] = trained
     result["compute"] = compute
-    for fraction in TRAINED_FRACTIONS:
-        by = {r["strategy"]: r["final_val_loss"] for r in trained if r["fraction"] == fraction}
-        result[f"uniform_minus_random_{fraction}"] = by["uniform"] - by["random"]
+    for measure in MEASURES:
+        for fraction in FRACTIONS:
+            by = {t["strategy"]: t["final_val_bpb"]["mean"] for t in trained
+                  if t["fraction"] == fraction and t["fraction_of"] == measure}  # fmt: skip
+            suffix = f"{fraction}" if measure == "documents" else f"tokens_{fraction}"
+            result[f"uniform_minus_random_{suffix}"] = by["uniform"] - by["random"]
     print(json.dumps(result))
 
 

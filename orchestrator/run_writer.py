@@ -6,9 +6,9 @@ directory first, then handed to a writer process
 (``orchestrator.store_writer``) that carries it out, so neither a slow
 tracking store nor the CPU its client spends holds up Tune's loop (and with
 it the trials, whose ``report`` waits for the loop). Being a process, not a
-thread, it never holds the driver's interpreter lock; it lowers its CPU
-priority before it imports anything, so on a machine whose cores are all
-busy even its start-up (MLflow's imports) waits for idle time instead of
+thread, it never holds the driver's interpreter lock; it takes Linux's idle
+scheduling class before it imports anything, so on a machine whose cores are
+all busy even its start-up (MLflow's imports) waits for idle time instead of
 taking it from trials on the same node. A driver killed at any moment loses
 nothing: the next writer on the same journal replays it before anything new,
 and replays cannot duplicate. See ``docs/resume.md``.
@@ -33,8 +33,10 @@ from typing import IO, Any
 
 from orchestrator.store_writer import OnOpen, WriterSetup, journal_line, open_journal
 
-# A niceness the kernel weighs at about a tenth of a default process's: the writer still gets a share
-# when every core is busy, so the journal's backlog drains during the sweep rather than at its end.
+# The writer runs under Linux's SCHED_IDLE policy: it gets a core only when no other process wants one, so
+# on a machine whose cores are all busy its writes wait for idle time (at the latest the sweep's end, whose
+# close waits for them) instead of taking it from trials on the same node. Where that policy is missing it
+# falls back to this niceness, which the kernel weighs at about a tenth of a default process's.
 WRITER_NICENESS = 10
 
 # The writer process's whole program before its imports: a fresh interpreter (not multiprocessing's spawn,
@@ -43,6 +45,8 @@ WRITER_NICENESS = 10
 _WRITER_MAIN = """
 import os, sys
 os.setpriority(os.PRIO_PROCESS, 0, max(os.getpriority(os.PRIO_PROCESS, 0), int(sys.argv[1])))
+if hasattr(os, "SCHED_IDLE"):
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 import pickle
 setup = pickle.load(sys.stdin.buffer)
 sys.path[:] = setup.sys_path
@@ -162,7 +166,13 @@ class RunWriter:
         return False
 
     def close(self) -> None:
-        """Write everything asked for, then stop the writer process."""
+        """Write everything asked for, then stop the writer process.
+
+        The writer leaves the idle class first: the sweep is over, and on cores that other work keeps busy
+        an idle-class process could wait for ever.
+        """
+        with contextlib.suppress(OSError):  # it has exited already
+            os.sched_setscheduler(self._process.pid, os.SCHED_OTHER, os.sched_param(0))
         self._ops.put(None)
         self._feeder.join()
         self._process.wait()

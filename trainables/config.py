@@ -39,6 +39,11 @@ class OptimizerConfig(BaseModel):
     eps: float = Field(1e-8, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     line_search_start: float = Field(1.0, gt=0, description="armijo_sgd: the first step size tried")
+    dbd_direction: Literal["adam", "momentum"] = Field("adam", description="dbd rules: the direction their gains scale")
+    dbd_kappa: float = Field(0.05, ge=0, description="dbd rules: a gain's additive increase")
+    dbd_phi: float = Field(0.1, ge=0, lt=1, description="dbd rules: a gain's multiplicative decrease")
+    dbd_theta: float = Field(0.7, ge=0, lt=1, description="dbd rules: the averaging of past gradients")
+    dbd_max_gain: float = Field(5.0, ge=1, description="dbd rules: the largest gain on the schedule's rate")
 
     @field_validator("name")
     @classmethod

@@ -64,9 +64,17 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], set[str]]] = {
         "data_50k", "run_50k", "run_200k", "float32_loop_ms_per_pick_200k", "seconds_1m_100k", "speedup_50k",
         "speedup_200k", "speedup_200k_vs_float32_loop", "identical",
     }),
-    "uniformity": ((), {
-        "documents", "train_tokens", "uniformity", "training", "compute",
-        "uniform_minus_random_0.1", "uniform_minus_random_0.25",
+    "uniformity": (("--tokenizer", "bpe", "--vocab-size", "512"), {
+        "documents", "train_tokens", "tokenizer", "seeds", "model", "uniformity", "training", "compute",
+        "uniform_minus_random_0.1", "uniform_minus_random_0.25", "uniform_minus_random_0.5",
+        "uniform_minus_random_tokens_0.1", "uniform_minus_random_tokens_0.25", "uniform_minus_random_tokens_0.5",
+    }),
+    "patch_study": (("--vocab-size", "512"), {
+        "corpus", "tokenizer", "vocab_size", "model", "data_tokens", "seeds", "batch_size", "train_tokens", "token",
+        "patch_equal_equal_data", "patch_equal_equal_compute", "patch_positions_equal_data",
+        "patch_positions_equal_compute", "patch_equal_equal_data_minus_token_bpb",
+        "patch_equal_equal_compute_minus_token_bpb", "patch_positions_equal_data_minus_token_bpb",
+        "patch_positions_equal_compute_minus_token_bpb",
     }),
     # The memory ratios are named after the T's run (--steps): the smoke run has the T = 1,000 to 100 pair the
     # docs quote, not the full run's 10,000 to 1,000.

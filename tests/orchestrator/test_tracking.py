@@ -186,8 +186,10 @@ def test_the_writer_process_yields_the_cpu_to_the_driver_and_its_trials(client: 
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     assert writer.pid != os.getpid()
     assert os.getpriority(os.PRIO_PROCESS, writer.pid) == max(ours, WRITER_NICENESS)
+    assert os.sched_getscheduler(writer.pid) == os.SCHED_IDLE  # a core only when nothing else wants one
     writer.close()
     assert os.getpriority(os.PRIO_PROCESS, 0) == ours  # the caller's own is untouched
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
 
 
 def test_a_writer_whose_driver_died_stops_instead_of_writing_beside_the_next(tmp_path: Path) -> None:

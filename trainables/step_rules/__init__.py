@@ -30,6 +30,8 @@ STEP_RULES: Registry[StepRule] = Registry(
         "schedule_free_sgd": "trainables.step_rules.schedule_free:ScheduleFreeSGDRule",
         "armijo_sgd": "trainables.step_rules.armijo:ArmijoRule",
         "vsgd": "trainables.step_rules.vsgd:VSGDRule",
+        "dbd": "trainables.step_rules.delta_bar_delta:DeltaBarDeltaRule",
+        "dbd_retract": "trainables.step_rules.delta_bar_delta:DeltaBarDeltaRetractRule",
     },
 )
 

@@ -82,8 +82,11 @@ def test_schedule_free_evaluates_at_the_averaged_weights(lee32: SweepData, monke
         {"optimizer.name": "schedule_free_sgd", "peak_lr": 0.5},
         {"optimizer.name": "armijo_sgd"},
         {"optimizer.name": "vsgd"},
+        {"optimizer.name": "dbd", "peak_lr": 3e-3},
+        {"optimizer.name": "dbd_retract", "peak_lr": 3e-3},
+        {"optimizer.name": "dbd_retract", "peak_lr": 0.1, "optimizer.dbd_direction": "momentum"},
     ],
-    ids=lambda s: s["optimizer.name"],
+    ids=lambda s: "-".join(str(v) for v in s.values()),
 )
 def test_each_adaptive_rule_reduces_the_loss_and_reports_its_rate(lee32: SweepData, settings: dict) -> None:
     reports: list[dict[str, Any]] = []
