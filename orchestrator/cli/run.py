@@ -12,7 +12,7 @@ from orchestrator.layout import SweepLayout
 from orchestrator.results import CONFIG_PREFIX
 from orchestrator.spec import SweepSpec
 from orchestrator.sweep import run_sweep
-from trainables.loop import OBJECTIVE
+from trainables.loop import FINAL_BITS_PER_BYTE, OBJECTIVE
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -48,7 +48,9 @@ def run_and_summarise(spec: SweepSpec, args: argparse.Namespace, tracking_uri: s
     print(f"Trials: {len(outcome.results.trials)} (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")")
     best = outcome.results.best()
     if best is not None:
-        print(f"Best trial {best['trial_id']}: {OBJECTIVE} {best[OBJECTIVE]:.4f}")
+        bits = best.get(FINAL_BITS_PER_BYTE)
+        per_byte = f" ({FINAL_BITS_PER_BYTE} {bits:.4f})" if bits is not None and bits == bits else ""
+        print(f"Best trial {best['trial_id']}: {OBJECTIVE} {best[OBJECTIVE]:.4f}{per_byte}")
         print("  " + "  ".join(f"{k}={_value(best.get(CONFIG_PREFIX + k))}" for k in outcome.record.knobs))
     print(f"Results: {root / 'results' / 'trials.parquet'}, {root / 'results' / 'metrics.parquet'}")
     print(f"All trials: effsweep results {root}")

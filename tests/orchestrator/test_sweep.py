@@ -46,6 +46,8 @@ def test_cli_reports_the_best_trial_and_the_ui_command(e2e_sweep: Sweep) -> None
     out = e2e_sweep.process.stdout
     assert "Trials: 4 (4 completed, 0 pruned, 0 diverged, 0 error)" in out
     assert "Best trial " in out and f"effsweep ui {e2e_sweep.root}" in out
+    best = next(line for line in out.splitlines() if line.startswith("Best trial "))
+    assert f"{OBJECTIVE} " in best and f"({FINAL_BITS_PER_BYTE} " in best  # comparable across tokenizers
 
 
 def test_every_trial_is_a_child_run_with_params_metrics_and_status(e2e_sweep: Sweep) -> None:
