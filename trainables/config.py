@@ -44,6 +44,12 @@ class OptimizerConfig(BaseModel):
     dbd_phi: float = Field(0.1, ge=0, lt=1, description="dbd rules: a gain's multiplicative decrease")
     dbd_theta: float = Field(0.7, ge=0, lt=1, description="dbd rules: the averaging of past gradients")
     dbd_max_gain: float = Field(5.0, ge=1, description="dbd rules: the largest gain on the schedule's rate")
+    autolrs_min_lr: float = Field(1e-4, gt=0, description="autolrs: the lowest rate a stage may try")
+    autolrs_max_lr: float = Field(1e-2, gt=0, description="autolrs: the highest rate a stage may try")
+    autolrs_tau_min: int = Field(100, ge=30, description="autolrs: steps of the first stage (each doubles)")
+    autolrs_tau_max: int = Field(800, ge=30, description="autolrs: the most steps of a stage")
+    autolrs_candidates: int = Field(10, ge=2, description="autolrs: rates explored per stage")
+    autolrs_kappa: float = Field(2.0, ge=0, description="autolrs: the lower confidence bound's width")
 
     @field_validator("name")
     @classmethod
@@ -51,6 +57,18 @@ class OptimizerConfig(BaseModel):
         if name not in STEP_RULES:
             raise ValueError(STEP_RULES.unknown(name))
         return name
+
+    @model_validator(mode="after")
+    def _autolrs_ranges(self) -> OptimizerConfig:
+        if self.autolrs_min_lr >= self.autolrs_max_lr:
+            raise ValueError(
+                f"autolrs_min_lr {self.autolrs_min_lr:g} must be below autolrs_max_lr {self.autolrs_max_lr:g}"
+            )
+        if self.autolrs_tau_max < self.autolrs_tau_min:
+            raise ValueError(
+                f"autolrs_tau_max {self.autolrs_tau_max} must be at least autolrs_tau_min {self.autolrs_tau_min}"
+            )
+        return self
 
 
 class SelectionConfig(BaseModel):

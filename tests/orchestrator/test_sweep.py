@@ -243,7 +243,7 @@ def test_every_schedule_and_step_rule_runs_and_logs_its_realised_rate(local_ray:
     raw = _shipped("schedules", tmp_path, budget={"compute": 40960}, train={"eval_every": 10, "batch_size": 8})
     outcome = run_sweep(parse_spec(raw))
     trials = outcome.results.trials
-    assert len(trials) == 14 and set(trials["status"]) == {"completed"}
+    assert len(trials) == 15 and set(trials["status"]) == {"completed"}
     client = MlflowClient(outcome.record.tracking_uri)
     seen = set()
     for child in _children(client, _record(outcome.layout.root)):
@@ -252,9 +252,9 @@ def test_every_schedule_and_step_rule_runs_and_logs_its_realised_rate(local_ray:
         seen.add((params["optimizer.name"], params.get("schedule.name", "constant")))
         rates = [m.value for m in client.get_metric_history(child.info.run_id, "lr")]
         assert rates and all(r >= 0 for r in rates) and max(rates) > 0  # power decays to exactly 0
-        if params["optimizer.name"] in ("armijo_sgd", "vsgd", "dbd", "dbd_retract"):
+        if params["optimizer.name"] in ("armijo_sgd", "vsgd", "dbd", "dbd_retract", "autolrs"):
             assert len(set(rates)) > 1  # the rate the rule chose, step by step
-    assert len(seen) == 14
+    assert len(seen) == 15
     assert {s for o, s in seen if o == "adamw"} == {
         "constant", "cosine", "wsd", "two_step", "power", "inverse_power", "one_cycle", "explore_converge"
     }  # fmt: skip

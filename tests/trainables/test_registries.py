@@ -137,6 +137,9 @@ def test_step_rule_traits() -> None:
         "schedule_free_sgd": (False, False, 0.0, False),
         "armijo_sgd": (True, False, 1 / 3, True),
         "vsgd": (True, False, 1.0, True),
+        "dbd": (False, False, 0.0, False),
+        "dbd_retract": (False, False, 0.0, False),
+        "autolrs": (True, False, 0.0, True),
         "test_adagrad": (False, True, 0.0, False),
     }
 

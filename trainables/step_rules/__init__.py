@@ -32,6 +32,7 @@ STEP_RULES: Registry[StepRule] = Registry(
         "vsgd": "trainables.step_rules.vsgd:VSGDRule",
         "dbd": "trainables.step_rules.delta_bar_delta:DeltaBarDeltaRule",
         "dbd_retract": "trainables.step_rules.delta_bar_delta:DeltaBarDeltaRetractRule",
+        "autolrs": "trainables.step_rules.autolrs:AutoLRSRule",
     },
 )
 
