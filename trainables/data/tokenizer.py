@@ -12,7 +12,7 @@ docs/architecture.md (the data package) and README (which loss to compare).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -80,9 +80,7 @@ class ByteTokenizer:
         """One token array (uint16) of every document's bytes followed by ``end_of_document``, and the offsets:
         document ``i`` is ``tokens[offsets[i]:offsets[i + 1]]``."""
         encoded = [doc.encode("utf-8") for doc in documents]
-        lengths = np.fromiter((len(b) + 1 for b in encoded), dtype=np.int64, count=len(encoded))
-        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        offsets = document_offsets(encoded)
         # A newline joins the documents; it sits exactly where each end-of-document
         # token belongs, so one frombuffer copies the whole corpus.
         joined = b"\n".join(encoded) + b"\n"
@@ -108,13 +106,19 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
 
+def document_offsets(documents: Sequence[Sequence[Any]]) -> np.ndarray:
+    """Where each document starts in the token array, and its end: each holds its items and an end-of-document."""
+    lengths = np.fromiter((len(doc) + 1 for doc in documents), dtype=np.int64, count=len(documents))
+    offsets = np.zeros(len(documents) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
 def encoded_documents(
     ids: Sequence[Sequence[int]], end_of_document: int, vocab_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Documents' token ids as one array, each followed by ``end_of_document``, and their offsets."""
-    lengths = np.fromiter((len(doc) + 1 for doc in ids), dtype=np.int64, count=len(ids))
-    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
+    offsets = document_offsets(ids)
     tokens = np.full(int(offsets[-1]), end_of_document, dtype=token_dtype(vocab_size))
     for start, doc in zip(offsets[:-1], ids, strict=True):
         tokens[start : start + len(doc)] = doc

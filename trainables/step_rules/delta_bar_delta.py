@@ -109,8 +109,9 @@ class DeltaBarDelta(Optimizer):
         if not state:
             state["gain"] = torch.ones_like(g)
             state["g_bar"] = torch.zeros_like(g)
-            state["raised"] = torch.zeros_like(g, dtype=torch.bool)  # increases still provisional
-            state["earned_by"] = torch.zeros_like(g)  # the gradient that earned each of them
+            if group["retract"]:
+                state["raised"] = torch.zeros_like(g, dtype=torch.bool)  # increases still provisional
+                state["earned_by"] = torch.zeros_like(g)  # the gradient that earned each of them
         gain, g_bar = state["gain"], state["g_bar"]
         if group["retract"]:
             contradicted = state["raised"] & (g * state["earned_by"] < 0)
@@ -121,7 +122,9 @@ class DeltaBarDelta(Optimizer):
         gain.mul_(1 - group["phi"] * (agreement < 0).to(gain.dtype))
         gain.clamp_(group["min_gain"], group["max_gain"])
         g_bar.mul_(group["theta"]).add_(g, alpha=1 - group["theta"])
-        state["raised"], state["earned_by"] = raised, g.clone()
+        if group["retract"]:  # only the retraction looks back one step
+            state["raised"].copy_(raised)
+            state["earned_by"].copy_(g)
         return gain
 
     @staticmethod

@@ -75,7 +75,8 @@ class RateSearch:
     def _posterior(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = np.array(self.tried)
         y = np.array(self.losses, dtype=float)
-        y = np.where(np.isfinite(y), y, np.nanmax(np.where(np.isfinite(y), y, np.nan), initial=0.0) + 1.0)
+        finite = np.isfinite(y)
+        y[~finite] = y[finite].max(initial=0.0) + 1.0  # a diverged exploration: worse than any that did not
         spread = float(np.std(y)) or 1.0
         y = (y - float(np.mean(y))) / spread
         best_fit = None
