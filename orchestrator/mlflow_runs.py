@@ -8,6 +8,7 @@ Every write goes in batches (``log_batch``), never one call per value.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections import defaultdict
@@ -186,9 +187,13 @@ class MetricBatcher:
         self._size += len(metrics)
 
     def due(self) -> bool:
-        return self._size >= self._max_points or (
-            self._size > 0 and time.monotonic() - self._last_flush >= self._interval
-        )
+        return self._size >= self._max_points or (self._size > 0 and self.seconds_until_due() == 0)
+
+    def seconds_until_due(self) -> float:
+        """How long until what is buffered is old enough to send (infinite when nothing is)."""
+        if self._size == 0:
+            return math.inf
+        return max(0.0, self._last_flush + self._interval - time.monotonic())
 
     def flush(self, run_id: str | None = None) -> None:
         """Send what is buffered: for one run, or for all."""

@@ -6,10 +6,10 @@ directory first, then handed to a writer process
 (``orchestrator.store_writer``) that carries it out, so neither a slow
 tracking store nor the CPU its client spends holds up Tune's loop (and with
 it the trials, whose ``report`` waits for the loop). Being a process, not a
-thread, it never holds the driver's interpreter lock; it takes Linux's idle
-scheduling class before it imports anything, so on a machine whose cores are
-all busy even its start-up (MLflow's imports) waits for idle time instead of
-taking it from trials on the same node. A driver killed at any moment loses
+thread, it never holds the driver's interpreter lock; it lowers its priority
+before it imports anything, and it sends metric points in batches gathered
+over a few seconds, so on a machine whose cores are all busy it takes little
+from trials on the same node and still keeps MLflow current. A driver killed at any moment loses
 nothing: the next writer on the same journal replays it before anything new,
 and replays cannot duplicate. See ``docs/resume.md``.
 """
@@ -33,10 +33,10 @@ from typing import IO, Any
 
 from orchestrator.store_writer import OnOpen, WriterSetup, journal_line, open_journal
 
-# The writer runs under Linux's SCHED_IDLE policy: it gets a core only when no other process wants one, so
-# on a machine whose cores are all busy its writes wait for idle time (at the latest the sweep's end, whose
-# close waits for them) instead of taking it from trials on the same node. Where that policy is missing it
-# falls back to this niceness, which the kernel weighs at about a tenth of a default process's.
+# The writer's niceness: the kernel weighs it at about a tenth of a default process's, so beside busy trials it
+# gets a small share of a core, enough for its batches. Not Linux's idle class: where trials keep every core
+# busy that starves it until the sweep ends (MLflow shows nothing meanwhile), and a switch into the class by
+# the starting writer can race the driver's switch out of it when a short sweep closes.
 WRITER_NICENESS = 10
 
 # The writer process's whole program before its imports: a fresh interpreter (not multiprocessing's spawn,
@@ -45,8 +45,6 @@ WRITER_NICENESS = 10
 _WRITER_MAIN = """
 import os, sys
 os.setpriority(os.PRIO_PROCESS, 0, max(os.getpriority(os.PRIO_PROCESS, 0), int(sys.argv[1])))
-if hasattr(os, "SCHED_IDLE"):
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 import pickle
 setup = pickle.load(sys.stdin.buffer)
 sys.path[:] = setup.sys_path
@@ -166,13 +164,7 @@ class RunWriter:
         return False
 
     def close(self) -> None:
-        """Write everything asked for, then stop the writer process.
-
-        The writer leaves the idle class first: the sweep is over, and on cores that other work keeps busy
-        an idle-class process could wait for ever.
-        """
-        with contextlib.suppress(OSError):  # it has exited already
-            os.sched_setscheduler(self._process.pid, os.SCHED_OTHER, os.sched_param(0))
+        """Write everything asked for, then stop the writer process."""
         self._ops.put(None)
         self._feeder.join()
         self._process.wait()

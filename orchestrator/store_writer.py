@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
-from orchestrator.mlflow_runs import TRIAL_ID_TAG, child_runs, chunks, log_params, param_text
+from orchestrator.mlflow_runs import TRIAL_ID_TAG, MetricBatcher, child_runs, log_params, param_text
 
 logger = logging.getLogger("effsweep.tracking")
 
@@ -38,10 +37,17 @@ REPORTED_VECTORS = "reported_vectors.json"
 RUN_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "diverged": "FAILED", "error": "FAILED"}
 # How often an idle writer looks whether the driver that started it is still alive.
 PARENT_CHECK_S = 0.5
+# How long metric points wait for more before they go out as one batch. Every batch is a store transaction
+# (for SQLite a commit and a sync, milliseconds of CPU): sent a report at a time they took that CPU from
+# the trials at every report; gathered over this window they cost one transaction every few seconds. A
+# flush, a trial's end and the writer's stop send at once.
+BATCH_WINDOW_S = 2.0
 
 OnOpen = Callable[[MlflowClient, str, Mapping[str, Any]], None]
 # What the reader puts on the ops queue when the driver's end of the input closed without a stop.
 _DRIVER_GONE = ("driver gone",)
+# What the writer acts on when no op came for a while.
+_IDLE = ("idle",)
 
 
 @dataclass(frozen=True)
@@ -85,9 +91,17 @@ class StoreWriter:
     """Applies journaled ops to the tracking store; one per sweep, the only writer of its child runs."""
 
     def __init__(
-        self, client: MlflowClient, experiment_id: str, parent_run_id: str, journal: Path, on_open: OnOpen | None
+        self,
+        client: MlflowClient,
+        experiment_id: str,
+        parent_run_id: str,
+        journal: Path,
+        on_open: OnOpen | None,
+        *,
+        batch_window_s: float = BATCH_WINDOW_S,
     ) -> None:
         self._client = client
+        self._batch = MetricBatcher(client, flush_interval_s=batch_window_s)
         self._experiment_id = experiment_id
         self._parent_run_id = parent_run_id
         self._journal = journal
@@ -96,7 +110,7 @@ class StoreWriter:
         self._logged: dict[str, set[tuple[str, int]]] = {}  # run id -> (metric, step) already in the store
 
     def serve(self, ops: queue.Queue, answer: Callable[[int], None]) -> None:
-        """Apply ``ops`` until ``None``; metric ops that arrive together go out in batches.
+        """Apply ``ops`` until ``None``; metric points go out in batches gathered over ``BATCH_WINDOW_S``.
 
         A ``("flush", n)`` op is answered with ``answer(n)`` once everything before it is written.
         The writer stops on its own when the driver that started it dies (its input closes, or, should
@@ -104,19 +118,19 @@ class StoreWriter:
         journal, and two writers on one store could both send a point.
         """
         parent = os.getppid()
-        pending: dict[str, list[Metric]] = {}
         while True:
             try:
-                item = ops.get(timeout=PARENT_CHECK_S)
+                item = ops.get(timeout=min(PARENT_CHECK_S, self._batch.seconds_until_due()))
             except queue.Empty:
-                item = ("idle",)
+                item = _IDLE
             if item == _DRIVER_GONE or os.getppid() != parent:
                 return  # what it staged is in the journal, for the resumed sweep's writer to send
-            if isinstance(item, dict) and item["op"] == "metrics":
-                self._guard(self._stage, item, pending)
-                if sum(map(len, pending.values())) < MAX_METRICS_PER_BATCH and not ops.empty():
-                    continue  # more is coming: batch it
-            self._guard(self._send, pending)
+            metrics = isinstance(item, dict) and item["op"] == "metrics"
+            if metrics:
+                self._guard(self._stage, item)
+            if (metrics or item == _IDLE) and not self._batch.due():
+                continue  # more may come before the window closes: batch it
+            self._guard(self._batch.flush)
             if item is None:
                 return
             if isinstance(item, tuple):
@@ -132,21 +146,14 @@ class StoreWriter:
         except (MlflowException, OSError) as exc:
             logger.warning("MLflow write failed (%s); the sweep's journal keeps it for the next resume", exc)
 
-    def _stage(self, op: dict[str, Any], pending: dict[str, list[Metric]]) -> None:
+    def _stage(self, op: dict[str, Any]) -> None:
         run_id = self._run_of(op["trial"])
         if run_id is None:
             return
         seen = self._seen(run_id)
-        for key, value in op["values"].items():
-            if (key, op["step"]) not in seen:
-                seen.add((key, op["step"]))
-                pending.setdefault(run_id, []).append(Metric(key, float(value), int(op["ts"]), int(op["step"])))
-
-    def _send(self, pending: dict[str, list[Metric]]) -> None:
-        while pending:
-            run_id, points = pending.popitem()
-            for chunk in chunks(points, MAX_METRICS_PER_BATCH):
-                self._client.log_batch(run_id, metrics=chunk)
+        new = {key: float(value) for key, value in op["values"].items() if (key, op["step"]) not in seen}
+        seen.update((key, op["step"]) for key in new)
+        self._batch.add(run_id, new, step=int(op["step"]), timestamp_ms=int(op["ts"]))
 
     def _do_open(self, op: dict[str, Any]) -> None:
         trial_id = op["trial"]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from orchestrator.mlflow_runs import (
     tracking_client,
 )
 from orchestrator.run_writer import WRITER_NICENESS, RunWriter
-from orchestrator.store_writer import RECONCILED_TAG, STATUS_TAG
+from orchestrator.store_writer import RECONCILED_TAG, STATUS_TAG, StoreWriter
 
 
 @pytest.fixture()
@@ -154,6 +156,53 @@ def test_a_run_of_a_trial_tune_never_recorded_is_taken_over_or_ended(client: Mlf
     assert client.get_run(taken).info.status == "FINISHED"
 
 
+def _serving(client: MlflowClient, tmp_path: Path, window_s: float) -> tuple[queue.Queue, list[int], str, str]:
+    """A store writer serving ops from a queue on a thread; the sizes of its metric transactions are recorded."""
+    experiment = ensure_experiment(client, "window", None)
+    parent = open_parent_run(client, experiment, sweep_name="w", params={}, tags={}, previous_run_id=None)
+    batches: list[int] = []
+    send = client.log_batch
+
+    def counted(run_id: str, metrics: list = (), **kwargs: object) -> None:
+        if metrics:
+            batches.append(len(metrics))
+        send(run_id, metrics=metrics, **kwargs)
+
+    client.log_batch = counted  # type: ignore[method-assign]
+    writer = StoreWriter(client, experiment, parent, tmp_path / "journal.jsonl", None, batch_window_s=window_s)
+    ops: queue.Queue = queue.Queue()
+    threading.Thread(target=writer.serve, args=(ops, lambda flush: None), daemon=True).start()
+    ops.put({"op": "open", "trial": "t1", "name": "one", "config": {}, "live": ["t1"]})
+    return ops, batches, experiment, parent
+
+
+def test_reports_arriving_one_by_one_go_to_the_store_as_one_transaction(client: MlflowClient, tmp_path: Path) -> None:
+    ops, batches, experiment, parent = _serving(client, tmp_path, window_s=3600)
+    for step in range(20):  # a trial's reports, each alone in the queue when it arrives
+        ops.put({"op": "metrics", "trial": "t1", "step": step, "ts": step, "values": {"loss": 1.0, "lr": 0.1}})
+        time.sleep(0.02)
+    ops.put({"op": "finish", "trial": "t1", "status": "completed", "vectors": {}})
+    ops.put(None)
+    deadline = time.monotonic() + 60
+    while not batches and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert batches == [40]  # held for the window, sent once when the trial finished
+    assert _steps(client, child_runs(client, experiment, parent)["t1"], "loss") == list(range(20))
+
+
+def test_a_report_reaches_the_store_once_its_window_closes_without_a_flush(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    ops, batches, experiment, parent = _serving(client, tmp_path, window_s=0.2)
+    ops.put({"op": "metrics", "trial": "t1", "step": 5, "ts": 5, "values": {"loss": 1.0}})
+    deadline = time.monotonic() + 60
+    while not batches and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ops.put(None)
+    assert batches == [1]
+    assert _steps(client, child_runs(client, experiment, parent)["t1"], "loss") == [5]
+
+
 def _hang_until(gate: Path, client: MlflowClient, run_id: str, config: dict) -> None:
     """An ``on_open`` that holds the writer, as a store that stops answering would."""
     while not gate.exists():
@@ -186,10 +235,8 @@ def test_the_writer_process_yields_the_cpu_to_the_driver_and_its_trials(client: 
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     assert writer.pid != os.getpid()
     assert os.getpriority(os.PRIO_PROCESS, writer.pid) == max(ours, WRITER_NICENESS)
-    assert os.sched_getscheduler(writer.pid) == os.SCHED_IDLE  # a core only when nothing else wants one
     writer.close()
     assert os.getpriority(os.PRIO_PROCESS, 0) == ours  # the caller's own is untouched
-    assert os.sched_getscheduler(0) == os.SCHED_OTHER
 
 
 def test_a_writer_whose_driver_died_stops_instead_of_writing_beside_the_next(tmp_path: Path) -> None:
