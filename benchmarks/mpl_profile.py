@@ -35,7 +35,9 @@ import numpy as np
 import pandas as pd
 from smoke import add_smoke_flag
 
-from orchestrator.mpl.fit import Curve, MPLFit, fit_mpl, read_fitted_curves
+from orchestrator.curves import Curve
+from orchestrator.laws import read_fitted_curves
+from orchestrator.mpl.fit import MPLFit, fit_mpl
 
 HERE = Path(__file__).resolve().parent
 C_VALUES = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)

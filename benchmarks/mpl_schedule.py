@@ -27,7 +27,8 @@ import torch
 from corpora import default_corpus, prepare_default_model_data
 from smoke import SMOKE_MODEL, add_smoke_flag
 
-from orchestrator.mpl.fit import Curve, fit_mpl
+from orchestrator.curves import Curve
+from orchestrator.mpl.fit import fit_mpl
 from trainables.config import TrialConfig
 from trainables.data.prepare import SweepData
 from trainables.loop import train_lm

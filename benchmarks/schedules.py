@@ -9,7 +9,11 @@ vSGD's second gradient come out of it). Two runs at a time, one thread each.
 Recommended defaults: AdamW at peak 3e-3 with each schedule at its defaults;
 schedule-free AdamW at 3e-3 (the package's 2.5e-3, rounded); SGD with
 momentum and schedule-free SGD at 0.3 (sizeable rates for SGD on a small
-transformer); the line search from 1.0 (its authors' start); vSGD needs none.
+transformer); the line search from 1.0 (its authors' start); vSGD needs none;
+delta-bar-delta with and without retraction on AdamW's direction at 3e-3;
+AutoLRS at its defaults (rates searched in [1e-4, 1e-2]).
+``--dbd-study`` runs the two delta-bar-delta rules at batch sizes 4, 16 and
+64 instead (the same compute, so 16, 4 and 1 times the steps of batch 64).
 
 Run: ``.venv/bin/python benchmarks/schedules.py [--smoke]`` (about 15 minutes);
 the last line printed is one JSON object, runs sorted by final validation loss.
@@ -43,6 +47,15 @@ RUNS += [
     {"optimizer.name": "schedule_free_sgd", "peak_lr": 0.3},
     {"optimizer.name": "armijo_sgd"},
     {"optimizer.name": "vsgd"},
+    {"optimizer.name": "dbd", "peak_lr": 3e-3},
+    {"optimizer.name": "dbd_retract", "peak_lr": 3e-3},
+    {"optimizer.name": "autolrs"},
+]
+# --dbd-study: delta-bar-delta with and without retraction where minibatch noise differs (the same compute).
+DBD_STUDY = [
+    {"optimizer.name": rule, "peak_lr": 3e-3, "batch_size": batch}
+    for batch in (4, 16, 64)
+    for rule in ("dbd", "dbd_retract")
 ]
 
 _data: SweepData | None = None  # inherited by the worker processes
@@ -60,6 +73,7 @@ def _run(settings: dict[str, Any], compute: float, model: str) -> dict[str, Any]
         "run": " ".join(f"{k}={v}" for k, v in settings.items()),
         "status": outcome.status,
         "final_val_loss": last.get("final_val_loss", float("nan")),
+        "final_val_bpb": last.get("final_val_bpb", float("nan")),
         "steps": last["step"],
         "compute": last["compute"],
         "lr_last": last["lr"],
@@ -71,6 +85,7 @@ def main() -> None:
     global _data
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--compute", type=float, default=1.5e6)
+    parser.add_argument("--dbd-study", action="store_true", help="dbd and dbd_retract at batch sizes 4, 16 and 64")
     add_smoke_flag(parser)
     args = parser.parse_args()
     model = SMOKE_MODEL if args.smoke else "small"
@@ -78,8 +93,9 @@ def main() -> None:
     compute = 2 * MIN_STEPS * 16 * seq_len if args.smoke else args.compute  # vSGD's steps cost two
     corpus = default_corpus(args.smoke)
     _data = prepare_default_model_data(corpus, seq_len)
+    runs = DBD_STUDY if args.dbd_study else RUNS
     with ProcessPoolExecutor(max_workers=2) as pool:  # fork: workers share the prepared data
-        results = list(pool.map(_run, RUNS, [compute] * len(RUNS), [model] * len(RUNS)))
+        results = list(pool.map(_run, runs, [compute] * len(runs), [model] * len(runs)))
     results.sort(key=lambda r: r["final_val_loss"])
     for r in results:
         print(f"{r['final_val_loss']:.4f}  {r['run']}  ({r['steps']} steps, {r['seconds']:.0f} s)", file=sys.stderr)

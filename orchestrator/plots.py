@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 
 from orchestrator.cbs.fit import CriticalBatchFit
-from orchestrator.mpl.fit import Curve, MPLFit
+from orchestrator.curves import Curve, LawFit
 from orchestrator.results import SweepResults
 from orchestrator.sweep_hooks import TrialMarks
 from trainables.hypergrad.hyperparameters import Hyperparameters
@@ -97,7 +97,7 @@ def plot_importances(importances: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_mpl(fitted: list[Curve], predicted: list[Curve], fit: MPLFit, path: Path) -> Path:
+def plot_law(fitted: list[Curve], predicted: list[Curve], fit: LawFit, title: str, path: Path) -> Path:
     """Each curve's data (dots) against the law (lines): fitted curves solid, predicted ones dashed."""
     fig, (losses, rates) = plt.subplots(2, 1, figsize=(8, 7), dpi=110, sharex=True, height_ratios=(3, 1))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -117,7 +117,7 @@ def plot_mpl(fitted: list[Curve], predicted: list[Curve], fit: MPLFit, path: Pat
         )
         rates.plot(np.arange(1, len(curve.lrs) + 1), curve.lrs, style, color=colour)
     losses.set_ylabel("loss")
-    losses.set_title("Multi-Power Law: data (dots), fitted (solid) and predicted (dashed)")
+    losses.set_title(f"{title}: data (dots), fitted (solid) and predicted (dashed)")
     losses.legend(fontsize=8)
     losses.grid(alpha=0.3)
     rates.set_xlabel("step")

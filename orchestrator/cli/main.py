@@ -14,14 +14,14 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from orchestrator.cli import cbs, cluster, mpl, results, resume, run, select, spaces, ui, validate
+from orchestrator.cli import cbs, cluster, law, results, resume, run, select, spaces, ui, validate
+from orchestrator.curves import CurveError
 from orchestrator.layout import SweepDirError
-from orchestrator.mpl.fit import CurveError
 from orchestrator.spec import SpecError
 from trainables.data.corpus import CorpusError
 
 # In the order ``effsweep --help`` lists their commands.
-COMMAND_GROUPS = (run, cluster, resume, cbs, validate, results, select, mpl, spaces, ui)
+COMMAND_GROUPS = (run, cluster, resume, cbs, validate, results, select, law, spaces, ui)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,10 +13,6 @@ always shared. Each curve's own L0 is poorly pinned by a curve that is still
 falling (L0 and A trade off), so a sweep shares it. A prior (an earlier
 fit) pulls the four nonlinear parameters towards it, so a sweep can fit
 early curves that have not decayed yet, and is the fit's only start.
-
-Curves may be logged at intervals: the rate between logged steps is
-interpolated linearly, and before the first logged step it warms up
-linearly from zero unless the rate is given at step 0.
 """
 
 from __future__ import annotations
@@ -29,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from scipy.optimize import least_squares, lsq_linear
 
+from orchestrator.curves import Curve, CurveError, LawFit
 from trainables.laws.multipower import MPLParams, ScheduleTerms, schedule_terms
 
 NONLINEAR = ("alpha", "C", "beta", "gamma")
@@ -47,87 +43,17 @@ _STARTS = [
 ]
 
 
-class CurveError(ValueError):
-    """A loss curve that cannot be used; the message names the file or curve and the row."""
-
-
-@dataclass(frozen=True)
-class Curve:
-    """A loss curve: per-step rates (step 1 first) and the losses logged at some steps."""
-
-    name: str
-    lrs: np.ndarray
-    steps: np.ndarray
-    losses: np.ndarray
-
-    @classmethod
-    def from_log(cls, name: str, steps: Sequence[float], lrs: Sequence[float], losses: Sequence[float]) -> Curve:
-        """A curve from logged rows; the rate is interpolated between them (see the module docstring)."""
-        steps, lrs, losses = (np.asarray(v, dtype=np.float64) for v in (steps, lrs, losses))
-        for column, values in (("step", steps), ("lr", lrs), ("loss", losses)):
-            bad = np.flatnonzero(~np.isfinite(values))
-            if len(bad):
-                raise CurveError(f"{name}: row {bad[0] + 1} has a missing or non-finite {column}")
-        if len(steps) < 2:
-            raise CurveError(f"{name}: needs at least two rows, got {len(steps)}")
-        backwards = np.flatnonzero(np.diff(steps) <= 0)
-        if len(backwards):
-            row = backwards[0] + 2
-            raise CurveError(
-                f"{name}: steps must increase; row {row} has step {steps[row - 1]:g} after {steps[row - 2]:g}"
-            )
-        if steps[0] < 0 or not np.all(steps == np.round(steps)):
-            raise CurveError(f"{name}: steps must be whole numbers from 0")
-        if np.any(lrs < 0) or np.any(losses <= 0):
-            raise CurveError(f"{name}: learning rates must be non-negative and losses positive")
-        if steps[0] > 0:  # a linear warmup from zero to the first logged rate
-            steps_known, lrs_known = np.concatenate([[0.0], steps]), np.concatenate([[0.0], lrs])
-        else:
-            steps_known, lrs_known = steps, lrs
-        per_step = np.interp(np.arange(1, int(steps[-1]) + 1), steps_known, lrs_known)
-        logged = steps >= 1  # the law predicts the loss after a step; step 0 has none
-        return cls(name, per_step, steps[logged].astype(np.int64), losses[logged])
-
-    @classmethod
-    def read_csv(cls, path: Path) -> Curve:
-        try:
-            table = pd.read_csv(path)
-        except FileNotFoundError:
-            raise CurveError(f"{path}: no such file") from None
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise CurveError(f"{path}: not a readable CSV ({exc})") from None
-        missing = [c for c in ("step", "lr", "loss") if c not in table.columns]
-        if missing:
-            raise CurveError(f"{path}: missing column(s) {', '.join(missing)}; need step, lr, loss")
-        try:
-            columns = [pd.to_numeric(table[c], errors="raise") for c in ("step", "lr", "loss")]
-        except (ValueError, TypeError) as exc:
-            raise CurveError(f"{path}: step, lr and loss must be numbers ({exc})") from None
-        return cls.from_log(str(path), *columns)
-
-    def from_step(self, min_step: int) -> Curve:
-        """The curve's losses from ``min_step`` on; at least two rows."""
-        kept = self.between(min_step, math.inf)
-        if len(kept.steps) < 2:
-            raise CurveError(f"{self.name}: fewer than two rows at or after step {min_step}")
-        return kept
-
-    def between(self, first: float, last: float) -> Curve:
-        """The losses logged from step ``first`` to ``last``; the rates stay whole (the law needs every step's)."""
-        keep = (self.steps >= first) & (self.steps <= last)
-        return Curve(self.name, self.lrs, self.steps[keep], self.losses[keep])
-
-    def terms(self) -> ScheduleTerms:
-        return schedule_terms(self.lrs, self.steps)
-
-
 @dataclass
-class MPLFit:
+class MPLFit(LawFit):
     """Fitted parameters: the shared ones, and each curve's L0 and A (its own or the shared ones)."""
 
     shared: dict[str, float]
     per_curve: dict[str, tuple[float, float]] = field(default_factory=dict)
     relative_rmse: float = 0.0
+
+    @classmethod
+    def fit_curves(cls, curves: Sequence[Curve]) -> MPLFit:
+        return fit_mpl(curves, per_curve=())
 
     def params(self, name: str | None = None) -> MPLParams:
         """The law's parameters for curve ``name`` (or the shared L0 and A when fitted jointly)."""
@@ -148,7 +74,7 @@ class MPLFit:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> MPLFit:
+    def from_json(cls, data: Mapping[str, Any]) -> MPLFit:
         return cls(dict(data["shared"]), {k: tuple(v) for k, v in data["per_curve"].items()}, data["relative_rmse"])
 
     @classmethod
@@ -216,7 +142,7 @@ def fit_mpl(
     if set(per_curve) not in (set(), {"A"}, {"L0", "A"}):
         raise ValueError(f"per_curve must be (), ('A',) or ('L0', 'A'), got {per_curve!r}")
     limits = _checked_bounds(bounds or {})
-    terms = [c.terms() for c in curves]
+    terms = [schedule_terms(c.lrs, c.steps) for c in curves]
     observed = np.concatenate([c.losses for c in curves])
     solve = _LinearPart(terms, [c.losses for c in curves], per_curve)
     lower = np.log([limits[k][0] for k in NONLINEAR])
@@ -297,20 +223,6 @@ class _LinearPart:
         return design @ solution, {"curves": pairs, "B": float(solution[-1])}
 
 
-def prediction_scores(predicted: np.ndarray, observed: np.ndarray) -> dict[str, float]:
-    """How well a predicted curve matches the observed one."""
-    error = predicted - observed
-    relative = np.abs(error) / observed
-    spread = float(np.sum((observed - observed.mean()) ** 2))
-    return {
-        "r2": 1.0 - float(np.sum(error**2)) / spread if spread > 0 else math.nan,
-        "mae": float(np.mean(np.abs(error))),
-        "rmse": float(np.sqrt(np.mean(error**2))),
-        "final_rel_error": float(relative[-1]),
-        "worst_rel_error": float(relative.max()),
-    }
-
-
 # Candidate first steps for choose_min_step, as shares of the shortest fitted curve.
 _MIN_STEP_SHARES = (0.0, 0.05, 0.1, 0.2, 0.25, 1 / 3, 0.5)
 _EARLY_SHARE = 0.6  # of each curve, fitted to predict the rest
@@ -355,29 +267,3 @@ def choose_min_step(curves: Sequence[Curve]) -> int:
             " give --min-step N"
         )
     return min(errors, key=errors.__getitem__)
-
-
-def read_fitted_curves(fit_paths: Sequence[Path], min_step: int | str) -> tuple[list[Curve], int]:
-    """The curves to fit from their CSVs, from ``min_step`` on, and that step (``"auto"``: ``choose_min_step``)."""
-    curves = [Curve.read_csv(p) for p in fit_paths]
-    first = choose_min_step(curves) if min_step == "auto" else int(min_step)
-    return [c.from_step(first) for c in curves], first
-
-
-def fit_and_predict(
-    fit_paths: Sequence[Path], predict_paths: Sequence[Path], min_step: int | str = 0
-) -> tuple[MPLFit, dict[str, Any]]:
-    """``effsweep mpl fit``: one set of parameters for the ``fit_paths`` curves, scored on every curve.
-
-    Rows before ``min_step`` (a step, or ``"auto"``: see ``choose_min_step``)
-    are neither fitted nor scored: the first few hundred steps of a run
-    leave a transient that would otherwise bend the fit.
-    """
-    fitted_curves, min_step = read_fitted_curves(fit_paths, min_step)
-    predicted_curves = [Curve.read_csv(p).from_step(min_step) for p in predict_paths]
-    fit = fit_mpl(fitted_curves, per_curve=())
-    report: dict[str, Any] = {"fit": fit.to_json(), "min_step": min_step, "fitted": {}, "predicted": {}}
-    for group, curves in (("fitted", fitted_curves), ("predicted", predicted_curves)):
-        for curve in curves:
-            report[group][curve.name] = prediction_scores(fit.predict(curve.lrs, curve.steps), curve.losses)
-    return fit, report

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from orchestrator.mpl.fit import CurveError, read_fit, read_law
+from orchestrator.curves import CurveError
+from orchestrator.mpl.fit import read_fit, read_law
 from orchestrator.mpl.pruner import DECISION_FRACTIONS, MPLPruner
 from orchestrator.spec import SchedulerSection, SpecContext
 from orchestrator.spec.errors import show

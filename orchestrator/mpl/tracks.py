@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.mpl.fit import Curve, MPLFit, fit_mpl
+from orchestrator.curves import Curve
+from orchestrator.mpl.fit import MPLFit, fit_mpl
 from trainables.config import TrialConfig
 from trainables.laws.multipower import schedule_terms
 from trainables.step_rules import step_rule_class

@@ -60,6 +60,10 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], set[str]]] = {
         "grid_compute", "compute_fraction_of_grid", "gns_mean", "gns_ratio_to_grid_bcrit",
     }),
     "schedules": ((), {"corpus", "compute", "runs"}),
+    "laws": ((), {
+        "mpl_top2_hit_rate", "optlaws_top2_hit_rate", "mpl_mean_final_rel_error", "optlaws_mean_final_rel_error",
+        "sets",
+    }),
     "selection": ((), {
         "data_50k", "run_50k", "run_200k", "float32_loop_ms_per_pick_200k", "seconds_1m_100k", "speedup_50k",
         "speedup_200k", "speedup_200k_vs_float32_loop", "identical",

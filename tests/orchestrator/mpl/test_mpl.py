@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from orchestrator.cli.main import main
-from orchestrator.mpl.fit import Curve, CurveError, MPLFit, choose_min_step, fit_mpl, prediction_scores
+from orchestrator.curves import Curve, CurveError, prediction_scores
+from orchestrator.mpl.fit import MPLFit, choose_min_step, fit_mpl
 from orchestrator.spec import SpecError, parse_spec
 from tests.conftest import tiny_spec
 from trainables.config import TrialConfig
