@@ -61,6 +61,10 @@ DBD_STUDY = [
 _data: SweepData | None = None  # inherited by the worker processes
 
 
+def _label(settings: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in settings.items())
+
+
 def _run(settings: dict[str, Any], compute: float, model: str) -> dict[str, Any]:
     torch.set_num_threads(1)
     base = {f"model.{k}": v for k, v in MODEL_PRESETS[model].items()}
@@ -70,7 +74,7 @@ def _run(settings: dict[str, Any], compute: float, model: str) -> dict[str, Any]
     outcome = train_lm(TrialConfig.from_flat({**base, **settings}), _data, reports.append)
     last = reports[-1]
     return {
-        "run": " ".join(f"{k}={v}" for k, v in settings.items()),
+        "run": _label(settings),
         "status": outcome.status,
         "final_val_loss": last.get("final_val_loss", float("nan")),
         "final_val_bpb": last.get("final_val_bpb", float("nan")),
@@ -86,6 +90,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--compute", type=float, default=1.5e6)
     parser.add_argument("--dbd-study", action="store_true", help="dbd and dbd_retract at batch sizes 4, 16 and 64")
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="PREFIX",
+        help="run only the runs whose label (as printed, e.g. 'optimizer.name=dbd') starts with PREFIX; repeatable",
+    )  # fmt: skip
     add_smoke_flag(parser)
     args = parser.parse_args()
     model = SMOKE_MODEL if args.smoke else "small"
@@ -93,7 +101,10 @@ def main() -> None:
     compute = 2 * MIN_STEPS * 16 * seq_len if args.smoke else args.compute  # vSGD's steps cost two
     corpus = default_corpus(args.smoke)
     _data = prepare_default_model_data(corpus, seq_len)
-    runs = DBD_STUDY if args.dbd_study else RUNS
+    chosen = DBD_STUDY if args.dbd_study else RUNS
+    runs = [r for r in chosen if not args.only or _label(r).startswith(tuple(args.only))]
+    if not runs:
+        parser.error(f"--only {args.only}: no run's label starts with that")
     with ProcessPoolExecutor(max_workers=2) as pool:  # fork: workers share the prepared data
         results = list(pool.map(_run, runs, [compute] * len(runs), [model] * len(runs)))
     results.sort(key=lambda r: r["final_val_loss"])
