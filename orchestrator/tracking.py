@@ -26,6 +26,9 @@ from orchestrator.run_writer import RunWriter
 from orchestrator.selection.pictures import SelectionPictures
 from orchestrator.sweep_hooks import SweepHooks
 
+# How long a sweep's start waits for its MLflow writer to be serving before the first trials start.
+WRITER_START_WAIT_S = 120.0
+
 
 class MlflowTrialCallback(Callback):
     """Opens, fills and ends each trial's child run.
@@ -51,6 +54,10 @@ class MlflowTrialCallback(Callback):
             record.tracking_uri, record.experiment_id, record.parent_run_id, layout.tracking_journal,
             on_open=None if pictures is None else functools.partial(_log_selection_picture, pictures),
         )  # fmt: skip
+        # Tune starts no trial before setup returns: waiting here for the writer to be serving (MLflow imported,
+        # the store open, any journal replayed: about 3 s of CPU) keeps that start-up off the first trials'
+        # cores. A store too slow to answer in time only delays the writes; nothing is lost.
+        self._writer.flush(timeout_s=WRITER_START_WAIT_S)
         self._feeds = [feed for hooks in self.hooks for feed in hooks.metric_feeds(self.sweep_dir)]
         self._opened: set[str] = set()
 
