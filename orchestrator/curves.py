@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import least_squares
 
 
 class CurveError(ValueError):
@@ -90,6 +91,30 @@ class Curve:
         """The losses logged from step ``first`` to ``last``; the rates stay whole (the law needs every step's)."""
         keep = (self.steps >= first) & (self.steps <= last)
         return Curve(self.name, self.lrs, self.steps[keep], self.losses[keep])
+
+
+def best_of_starts(
+    residuals: Callable[[np.ndarray], np.ndarray],
+    starts: Sequence[np.ndarray],
+    lower: np.ndarray,
+    upper: np.ndarray,
+    *,
+    huber_scale: float,
+    max_nfev: int,
+) -> np.ndarray:
+    """The bounded Huber least-squares solution, of those reached from each of ``starts``, with the least cost.
+
+    How a law fits its nonlinear parameters (in log space) to curves' relative residuals.
+    """
+    best = None
+    for start in starts:
+        result = least_squares(
+            residuals, np.clip(start, lower + 1e-9, upper - 1e-9), bounds=(lower, upper),
+            loss="huber", f_scale=huber_scale, max_nfev=max_nfev,
+        )  # fmt: skip
+        if best is None or result.cost < best.cost:
+            best = result
+    return best.x
 
 
 class LawFit(abc.ABC):

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import least_squares, lsq_linear
+from scipy.optimize import lsq_linear
 
-from orchestrator.curves import Curve, CurveError, LawFit
+from orchestrator.curves import Curve, CurveError, LawFit, best_of_starts
 from trainables.laws.multipower import MPLParams, ScheduleTerms, schedule_terms
 
 NONLINEAR = ("alpha", "C", "beta", "gamma")
@@ -161,15 +161,8 @@ def fit_mpl(
     # A sweep refits after every completed trial and its shape moves little from one fit to the
     # next: the prior alone is the start (each start costs a full optimisation).
     starts = [centre] if centre is not None else [np.log([s[k] for k in NONLINEAR]) for s in _STARTS]
-    best = None
-    for start in starts:
-        result = least_squares(
-            residuals, np.clip(start, lower + 1e-9, upper - 1e-9), bounds=(lower, upper),
-            loss="huber", f_scale=huber_scale, max_nfev=200,
-        )  # fmt: skip
-        if best is None or result.cost < best.cost:
-            best = result
-    nonlinear = {k: float(v) for k, v in zip(NONLINEAR, np.exp(best.x), strict=True)}
+    best = best_of_starts(residuals, starts, lower, upper, huber_scale=huber_scale, max_nfev=200)
+    nonlinear = {k: float(v) for k, v in zip(NONLINEAR, np.exp(best), strict=True)}
     predicted, linear = solve(nonlinear)
     rmse = float(np.sqrt(np.mean(((predicted - observed) / observed) ** 2)))
     shared = {**nonlinear, "B": linear["B"]}

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import least_squares, lsq_linear
+from scipy.optimize import lsq_linear
 
-from orchestrator.curves import Curve, LawFit
+from orchestrator.curves import Curve, LawFit, best_of_starts
 from orchestrator.optlaws.law import LINEAR, NONLINEAR, OptLawParams, schedule_features
 
 # kappa in units of 1 / learning-rate area (a run at 3e-3 for 6,000 steps has area 18); epsilon in units of a
@@ -99,16 +99,10 @@ def fit_optlaw(
     def residuals(z: np.ndarray) -> np.ndarray:
         return (solve(z)[0] - observed) / observed
 
-    best = None
-    for start in _STARTS:
-        x0 = np.clip(np.log([start[k] for k in NONLINEAR]), lower + 1e-9, upper - 1e-9)
-        result = least_squares(
-            residuals, x0, bounds=(lower, upper), loss="huber", f_scale=huber_scale, max_nfev=300
-        )  # fmt: skip
-        if best is None or result.cost < best.cost:
-            best = result
-    predicted, linear = solve(best.x)
-    values = dict(zip(NONLINEAR, map(float, np.exp(best.x)), strict=True)) | dict(
+    starts = [np.log([start[k] for k in NONLINEAR]) for start in _STARTS]
+    best = best_of_starts(residuals, starts, lower, upper, huber_scale=huber_scale, max_nfev=300)
+    predicted, linear = solve(best)
+    values = dict(zip(NONLINEAR, map(float, np.exp(best)), strict=True)) | dict(
         zip(LINEAR, map(float, linear), strict=True)
     )
     rmse = float(np.sqrt(np.mean(((predicted - observed) / observed) ** 2)))
