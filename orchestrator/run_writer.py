@@ -9,9 +9,9 @@ it the trials, whose ``report`` waits for the loop). Being a process, not a
 thread, it never holds the driver's interpreter lock; it lowers its priority
 before it imports anything, and it sends metric points in batches gathered
 over a few seconds, so on a machine whose cores are all busy it takes little
-from trials on the same node and still keeps MLflow current. A driver killed at any moment loses
-nothing: the next writer on the same journal replays it before anything new,
-and replays cannot duplicate. See ``docs/resume.md``.
+from trials on the same node and still keeps MLflow current. A driver killed
+at any moment loses nothing: the next writer on the same journal replays it
+before anything new, and replays cannot duplicate. See ``docs/resume.md``.
 """
 
 from __future__ import annotations
