@@ -3,23 +3,30 @@
 Each kill is ``kill -9`` of the whole ``effsweep run`` (or ``resume``)
 process group, as an OOM killer would end it, at a moment drawn uniformly
 over 5 to 90% of the uninterrupted sweep's wall time, counted from the
-start of the process it kills (or at a named event: a trial's first report,
-a trial's end, the start of the export). Each sweep is killed up to
-``--per-sweep`` times in a row, each kill followed by ``effsweep resume``
-(``run`` again when the kill came before the sweep had its directory), the
-last resume to the end; sweeps go on until ``--kills`` kills have landed.
-Counted, summed over sweeps:
+start of the process it kills. Each sweep is killed up to ``--per-sweep``
+times in a row, each kill followed by ``effsweep resume`` (``run`` again
+when the kill came before the sweep had its directory), the last resume to
+the end; sweeps go on until ``--kills`` kills have landed. ``--at`` kills
+one sweep at named moments instead, its riskiest ones in turn (a trial's
+first report, right after a trial completes, right after a pruning
+decision, during the final export); ``--smoke`` is ``--at`` all four, which
+``make test`` runs (``tests/orchestrator/test_resume.py``) for both
+schedulers. Counted, summed over sweeps:
 
 - ``lost_trials``: trials of the uninterrupted sweep that the resumed one lacks;
 - ``duplicate_child_runs``: MLflow child runs beyond one per trial;
 - ``duplicate_metric_rows``: (run, metric, step) points logged more than once,
   in the trials' child runs or the sweep's parent run;
 - ``orphaned_runs``: child runs left RUNNING, or of no trial of the sweep;
+- ``incomplete_exports``: resumed sweeps whose Parquet export holds other
+  than the uninterrupted run's number of reports;
+- ``unfinished_parents``: resumed sweeps whose MLflow parent run did not end
+  FINISHED;
 - ``decisions_match_fraction``: the share of resumed sweeps whose trials
   (configs, statuses, final losses) equal the uninterrupted run's.
 
-Run: ``.venv/bin/python benchmarks/crash.py [--kills 20] [--scheduler asha|mpl] [--smoke]``
-(about a minute a kill); the last line printed is one JSON object.
+Run: ``.venv/bin/python benchmarks/crash.py [--kills 20] [--scheduler asha|mpl] [--at first-report,export]
+[--smoke]`` (about a minute a kill); the last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +75,8 @@ SCHEDULERS: dict[str, Any] = {
 
 # A moment to kill at, judged from the sweep directory and the seconds since the process started.
 Trigger = Callable[[Path, float], bool]
+# The moments to kill one sweep at, as labels for the report and as triggers.
+KillPlan = tuple[list[Any], list[Trigger]]
 
 
 def write_spec(folder: Path, name: str, scheduler: str, trials: int = 6) -> Path:
@@ -140,6 +149,15 @@ def export_started(out_dir: Path, elapsed: float) -> bool:
     return (out_dir / "results").is_dir()
 
 
+# The riskiest moments to kill at, by name: each a fresh trigger, as a journal trigger remembers what it saw.
+NAMED_MOMENTS: dict[str, Callable[[], Trigger]] = {
+    "first-report": lambda: journal_event("metrics", first_of_trial=True),  # during a trial's first report
+    "completed": lambda: journal_event("finish", status="completed"),  # right after a trial completes
+    "pruned": lambda: journal_event("finish", status="pruned"),  # right after a pruning decision
+    "export": lambda: export_started,  # during the final export
+}
+
+
 def outcome(out_dir: Path) -> dict[str, Any]:
     """The trials (by config) and the MLflow bookkeeping of a finished sweep."""
     trials = pd.read_parquet(out_dir / "results" / "trials.parquet")
@@ -164,10 +182,13 @@ def outcome(out_dir: Path) -> dict[str, Any]:
             "GROUP BY run_uuid, key, step HAVING n > 1)",
             ids,
         ).fetchone()[0]
+        parent_status = db.execute("SELECT status FROM runs WHERE run_uuid = ?", (record["parent_run_id"],)).fetchone()
     trial_ids = set(trials["trial_id"])
     run_trials = [trial for _, _, trial in runs]
     return {
         "trials": by_config,
+        "reports": len(pd.read_parquet(out_dir / "results" / "metrics.parquet")),
+        "parent_status": parent_status[0],
         "duplicate_child_runs": len(run_trials) - len(set(run_trials)),
         "duplicate_metric_rows": int(duplicates),
         "orphaned_runs": sum(status == "RUNNING" or trial not in trial_ids for _, status, trial in runs),
@@ -204,8 +225,29 @@ def compare(reference: dict[str, Any], resumed: dict[str, Any]) -> dict[str, Any
         "duplicate_child_runs": resumed["duplicate_child_runs"],
         "duplicate_metric_rows": resumed["duplicate_metric_rows"],
         "orphaned_runs": resumed["orphaned_runs"],
+        "incomplete_exports": int(resumed["reports"] != reference["reports"]),
+        "unfinished_parents": int(resumed["parent_status"] != "FINISHED"),
         "decisions_match": resumed["trials"] == reference["trials"],
     }
+
+
+def kill_plans(args: argparse.Namespace, rng: random.Random, whole_s: float) -> Iterator[KillPlan]:
+    """The moments to kill each sweep at, sweep after sweep: the named ones (one sweep), else random ones."""
+    if args.at:
+        yield args.at, [NAMED_MOMENTS[name]() for name in args.at]
+        return
+    while True:
+        # Each moment is counted from the start of the process it kills (the run, then each resume).
+        moments = [round(rng.uniform(0.05, 0.9) * whole_s, 1) for _ in range(args.per_sweep)]
+        yield moments, [after_seconds(moment) for moment in moments]
+
+
+def _moments(text: str) -> list[str]:
+    names = text.split(",")
+    unknown = [name for name in names if name not in NAMED_MOMENTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown moment(s) {unknown}; choose from {sorted(NAMED_MOMENTS)}")
+    return names
 
 
 def main() -> None:
@@ -213,34 +255,42 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=20, help="kills that land, at least")
     parser.add_argument("--per-sweep", type=int, default=2, help="kills tried in each sweep, one after the other")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="asha")
+    parser.add_argument("--trials", type=int, default=6, help="trials of each sweep")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
+    parser.add_argument(
+        "--at", type=_moments, default=None,
+        help=f"kill one sweep at these named moments in turn, comma-separated ({', '.join(NAMED_MOMENTS)})",
+    )  # fmt: skip
     add_smoke_flag(parser)
     args = parser.parse_args()
-    kills, per_sweep, trials = (1, 1, 2) if args.smoke else (args.kills, args.per_sweep, 6)
+    if args.smoke:
+        args.at = list(NAMED_MOMENTS)
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         os.environ.setdefault("EFFSWEEP_CACHE_DIR", str(root / "cache"))
-        spec = write_spec(root, "crash", args.scheduler, trials)
+        spec = write_spec(root, "crash", args.scheduler, args.trials)
         started = time.monotonic()
         run("run", str(spec), "--output", str(root / "reference"))
         whole_s = time.monotonic() - started
         reference = outcome(root / "reference")
         rows: list[dict[str, Any]] = []
-        while sum(row["kills"] for row in rows) < kills:
-            # Each moment is counted from the start of the process it kills (the run, then each resume).
-            moments = [round(rng.uniform(0.05, 0.9) * whole_s, 1) for _ in range(per_sweep)]
+        for moments, triggers in kill_plans(args, rng, whole_s):
             out_dir = root / f"killed-{len(rows)}"
-            landed = crash_and_resume(spec, out_dir, [after_seconds(moment) for moment in moments])
-            rows.append(compare(reference, outcome(out_dir)) | {"kills": landed, "kill_s": moments})
+            landed = crash_and_resume(spec, out_dir, triggers)
+            rows.append(compare(reference, outcome(out_dir)) | {"kills": landed, "kill_at": moments})
             print(json.dumps(rows[-1]), file=sys.stderr)
-    totals = {key: sum(row[key] for row in rows) for key in rows[0] if key not in ("decisions_match", "kill_s")}
+            if sum(row["kills"] for row in rows) >= args.kills:
+                break
+    totals = {key: sum(row[key] for row in rows) for key in rows[0] if key not in ("decisions_match", "kill_at")}
     print(
         json.dumps(
             {
                 **totals,
                 "sweeps": len(rows),
                 "scheduler": args.scheduler,
+                "trials": args.trials,
+                "at": args.at,
                 "uninterrupted_s": round(whole_s, 1),
                 "decisions_match_fraction": sum(row["decisions_match"] for row in rows) / len(rows),
             }
