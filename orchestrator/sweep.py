@@ -116,11 +116,13 @@ def run_sweep(
     tracking_override: str | None = None,
     progress: Progress | None = None,
     log_to_driver: bool = True,
+    ray_dashboard: bool = False,
 ) -> SweepOutcome:
     """Run (or continue) a sweep to the end and export its results.
 
     ``log_to_driver=False`` keeps the trials' own output (Ray prints it straight to this process's
-    stdout) out of the console; Ray's session logs keep it either way.
+    stdout) out of the console; Ray's session logs keep it either way. ``ray_dashboard`` starts Ray's
+    dashboard with a private local Ray (see ``connect_ray``).
 
     ``progress`` follows the one long step of preparation, ordering a corpus for uniform selection.
     """
@@ -135,11 +137,11 @@ def run_sweep(
     # Reading the corpus can fail on bad input: do it before anything is written, and before Ray starts
     # unless a uniform order is to be computed, which runs on the cluster.
     if "uniform" in spec.selection_plan().strategies:
-        connect_ray(address, log_to_driver=log_to_driver)
+        connect_ray(address, log_to_driver=log_to_driver, dashboard=ray_dashboard)
     data = prepare_data(spec, progress)
     # Ray next: a cluster that cannot be reached, that lacks what a trial asks for, or a storage it cannot
     # share leaves no MLflow run open.
-    connect_ray(address, log_to_driver=log_to_driver)
+    connect_ray(address, log_to_driver=log_to_driver, dashboard=ray_dashboard)
     check_cluster(spec, ray.cluster_resources(), can_grow=not _ray_started_here())
     check_shared(storage)
     data = shared_with_trials(data, storage)
@@ -197,21 +199,25 @@ def run_sweep(
 SWEEP_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
 
 
-def connect_ray(address: str | None, *, log_to_driver: bool = True) -> None:
+def connect_ray(address: str | None, *, log_to_driver: bool = True, dashboard: bool = False) -> None:
     """Join the cluster at ``address``, else at ``RAY_ADDRESS``, else start a private local Ray.
 
     Token auth stays on, as Ray 2.60 sets it up. Left to itself, ``ray.init()`` joins the cluster last
     started on the machine (the one recorded in Ray's ``ray_current_cluster`` file), which may be
     anyone's: a sweep only joins a cluster it is told about (``--address``, or ``RAY_ADDRESS``, which
-    Ray also sets for a Ray Job's driver).
+    Ray also sets for a Ray Job's driver). A private Ray starts without Ray's dashboard unless
+    ``dashboard``: the sweep's console and MLflow show its progress, and the dashboard's processes take
+    about 5 s of CPU from the first trials (docs/benchmarks.md, "Start-up of a sweep").
     """
     if not ray.is_initialized():
         target = address or os.environ.get("RAY_ADDRESS") or "local"
         plugins = os.environ.get(PLUGINS_ENV)  # modules whose registrations the trials need too
         env = SWEEP_ENV | ({PLUGINS_ENV: plugins} if plugins else {})
+        # Ray refuses dashboard settings when it joins a cluster: that cluster has its own.
+        local = {"include_dashboard": dashboard} if target == "local" else {}
         ray.init(
             address=target, runtime_env={"env_vars": env}, logging_level=logging.WARNING,
-            log_to_driver=log_to_driver,
+            log_to_driver=log_to_driver, **local,
         )  # fmt: skip
 
 

@@ -89,22 +89,26 @@ class BatchStudy:
 
 
 def run_batch_study(spec: SweepSpec, *, target: float | None = None, sizes: list[int] | None = None,
-                    address: str | None = None) -> BatchStudy:  # fmt: skip
-    """Measure steps to the target at a geometric set of batch sizes, refine around the knee, fit."""
+                    address: str | None = None, ray_dashboard: bool = False) -> BatchStudy:  # fmt: skip
+    """Measure steps to the target at a geometric set of batch sizes, refine around the knee, fit.
+
+    ``address`` and ``ray_dashboard`` choose the Ray each round runs on, as for ``run_sweep``.
+    """
     root = spec.output_dir.resolve()
     explicit = sizes is not None
     sizes = sorted(sizes) if sizes else [b for b in GEOMETRIC if _steps(spec, b) >= MIN_STEPS][:3]
     if len(sizes) < 3:
         raise UnreachableTarget(f"budget.compute leaves fewer than 3 batch sizes of {GEOMETRIC} {MIN_STEPS} steps")
     rounds: list[Path] = []
+    ray_target = {"address": address, "ray_dashboard": ray_dashboard}
     if target is None:
         half = dataclasses.replace(spec, budget=spec.budget.model_copy(update={"compute": spec.budget.compute / 2}))
-        pilot = run_sweep(round_spec(half, root / "pilot", [sizes[-1]], None), address=address)
+        pilot = run_sweep(round_spec(half, root / "pilot", [sizes[-1]], None), **ray_target)
         rounds.append(pilot.layout.root)
         target = _final_loss(pilot)
 
     def measure(name: str, batch_sizes: list[int]) -> SweepOutcome:
-        outcome = run_sweep(round_spec(spec, root / name, batch_sizes, target), address=address)
+        outcome = run_sweep(round_spec(spec, root / name, batch_sizes, target), **ray_target)
         rounds.append(outcome.layout.root)
         return outcome
 

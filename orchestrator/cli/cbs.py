@@ -37,7 +37,9 @@ def _cbs(args: argparse.Namespace) -> int:
         print(f"effsweep cbs: --sizes must be comma-separated integers, got {args.sizes!r}", file=sys.stderr)
         return 2
     try:
-        study = run_batch_study(spec, target=args.target, sizes=sizes, address=args.address)
+        study = run_batch_study(
+            spec, target=args.target, sizes=sizes, address=args.address, ray_dashboard=args.ray_dashboard
+        )
     except UnreachableTarget as exc:
         print(f"effsweep cbs: {exc}", file=sys.stderr)
         return 1

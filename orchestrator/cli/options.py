@@ -9,8 +9,14 @@ from orchestrator.spec import SweepSpec, load_spec
 
 
 def add_address(command: argparse.ArgumentParser) -> None:
-    """The cluster to join, for the commands that run trials."""
+    """The cluster to join (or the local Ray to start), for the commands that run trials."""
     command.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    command.add_argument(
+        "--ray-dashboard",
+        action="store_true",
+        help="start Ray's dashboard with the local Ray (http://127.0.0.1:8265); off by default, as it slows the "
+        "start of a sweep; a cluster joined with --address keeps its own",
+    )
 
 
 def add_console_flags(command: argparse.ArgumentParser) -> None:

@@ -40,7 +40,7 @@ def run_and_summarise(spec: SweepSpec, args: argparse.Namespace, tracking_uri: s
     with sweep_console(log_file, quiet=args.quiet, verbose=args.verbose):
         outcome = run_sweep(
             spec, address=args.address, tracking_override=tracking_uri, progress=ProgressBar("uniform order"),
-            log_to_driver=args.verbose,
+            log_to_driver=args.verbose, ray_dashboard=args.ray_dashboard,
         )  # fmt: skip
     root = outcome.layout.root
     counts = outcome.results.counts()
