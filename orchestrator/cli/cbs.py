@@ -7,7 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from orchestrator.cbs.study import UnreachableTarget, run_batch_study, write_batch_size
 from orchestrator.cli.options import add_address, spec_from_args
 
 
@@ -30,6 +29,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _cbs(args: argparse.Namespace) -> int:
+    from orchestrator.cbs.study import UnreachableTarget, run_batch_study, write_batch_size
+
     spec = spec_from_args(args)
     try:
         sizes = [int(b) for b in args.sizes.split(",")] if args.sizes else None

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ray.job_submission import JobStatus, JobSubmissionClient
-
-from orchestrator.submit import job_rows, submit_sweep
+if TYPE_CHECKING:
+    from ray.job_submission import JobSubmissionClient
 
 JOB_SERVER_HELP = "the cluster's job server, e.g. http://HEAD:8265"
 
@@ -45,6 +44,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _submit(args: argparse.Namespace) -> int:
+    from ray.job_submission import JobStatus
+
+    from orchestrator.submit import submit_sweep
+
     client, job_id = submit_sweep(
         args.spec, args.address, output=args.output, tracking_uri=args.tracking_uri, storage=args.storage,
         name=args.name,
@@ -60,6 +63,10 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _jobs(args: argparse.Namespace) -> int:
+    from ray.job_submission import JobSubmissionClient
+
+    from orchestrator.submit import job_rows
+
     client = JobSubmissionClient(args.address)
     if args.action == "list":
         for row in job_rows(client):
@@ -77,6 +84,8 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _follow(client: JobSubmissionClient, job_id: str) -> None:
+    import asyncio
+
     async def tail() -> None:
         async for lines in client.tail_job_logs(job_id):
             print(lines, end="", flush=True)

@@ -7,10 +7,6 @@ import json
 from pathlib import Path
 
 from orchestrator.cli.options import spec_from_args
-from orchestrator.curves import Curve
-from orchestrator.laws import LAWS, fit_and_predict, read_fitted_curves, read_law_fit
-from orchestrator.plots import plot_law
-from orchestrator.schedule_rank import rank_schedules, write_restricted_spec
 
 _TITLES = {"mpl": "Multi-Power Law", "optlaws": "Convergence-and-escape law (after Opt-Laws)"}
 
@@ -23,7 +19,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     actions = law.add_subparsers(required=True, metavar="ACTION")
     for action, summary in (("fit", "fit curves, predict others, print one JSON object"), ("plot", "draw them")):
         sub = actions.add_parser(action, help=summary, description="Each CSV has the columns step, lr, loss.")
-        sub.add_argument("--law", choices=list(LAWS), default="mpl", help="the law to fit (default mpl)")
+        sub.add_argument(
+            "--law", type=_law, default="mpl", help="the loss law to fit (default mpl; others: docs/schedules.md)"
+        )
         sub.add_argument("--fit", type=Path, nargs="+", required=True, metavar="CSV", help="curves to fit")
         sub.add_argument("--predict", type=Path, nargs="*", default=[], metavar="CSV", help="curves to predict")
         sub.add_argument(
@@ -50,6 +48,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     rank.set_defaults(command=_rank)
 
 
+def _law(name: str) -> str:
+    from orchestrator.laws import LAWS
+
+    if name not in LAWS:
+        raise argparse.ArgumentTypeError(f"unknown law {name!r}; choose from {', '.join(LAWS)}")
+    return name
+
+
 def _min_step(text: str) -> int | str:
     if text == "auto":
         return text
@@ -65,6 +71,8 @@ def _positive(text: str) -> int:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    from orchestrator.laws import fit_and_predict
+
     _, report = fit_and_predict(args.fit, args.predict, args.min_step, law=args.law)
     if args.min_step == "auto":
         print(f"fitting from step {report['min_step']} (chosen by --min-step auto)")
@@ -80,6 +88,10 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
+    from orchestrator.curves import Curve
+    from orchestrator.laws import LAWS, read_fitted_curves
+    from orchestrator.plots import plot_law
+
     fitted, min_step = read_fitted_curves(args.fit, args.min_step)
     predicted = [Curve.read_csv(p).from_step(min_step) for p in args.predict]
     print(plot_law(fitted, predicted, LAWS.load(args.law).fit_curves(fitted), _TITLES[args.law], args.out))
@@ -87,6 +99,9 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _rank(args: argparse.Namespace) -> int:
+    from orchestrator.laws import read_law_fit
+    from orchestrator.schedule_rank import rank_schedules, write_restricted_spec
+
     spec = spec_from_args(args)
     ranked = rank_schedules(spec, read_law_fit(args.fit), levels=args.levels)
     print(f"{len(ranked)} schedules of {args.spec} ranked by predicted final loss; the best {args.top}:")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import TYPE_CHECKING
 
-from orchestrator.spec import SweepSpec, load_spec
+if TYPE_CHECKING:
+    from orchestrator.spec import SweepSpec
 
 
 def add_address(command: argparse.ArgumentParser) -> None:
@@ -32,6 +34,8 @@ def add_console_flags(command: argparse.ArgumentParser) -> None:
 
 def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     """The spec ``args.spec`` names, with the ``--output`` and ``--storage`` the command was given, if any."""
+    from orchestrator.spec import load_spec
+
     spec = load_spec(args.spec)
     if getattr(args, "output", None):
         spec = dataclasses.replace(spec, output_dir=args.output)

@@ -6,9 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from orchestrator.importance import format_importances, read_importances
 from orchestrator.layout import SweepLayout, SweepRecord
-from orchestrator.results import format_table, read_results
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -21,6 +19,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _results(args: argparse.Namespace) -> int:
+    from orchestrator.importance import format_importances, read_importances
+    from orchestrator.results import format_table, read_results
+
     layout = SweepLayout(args.dir)
     record = SweepRecord.load(layout)
     results = read_results(layout.results_dir)

@@ -9,7 +9,6 @@ from pathlib import Path
 from orchestrator.cli.options import add_address, add_console_flags
 from orchestrator.cli.run import run_and_summarise
 from orchestrator.layout import SweepDirError, SweepLayout, SweepRecord
-from orchestrator.spec import load_spec
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -29,6 +28,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _resume(args: argparse.Namespace) -> int:
+    from orchestrator.spec import load_spec
+
     layout = SweepLayout(args.dir.resolve())
     record = SweepRecord.find(layout)
     if record is None or not layout.spec_file.is_file():

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from orchestrator.cli.console import ProgressBar, sweep_console
 from orchestrator.cli.options import add_address, add_console_flags, spec_from_args
 from orchestrator.layout import SweepLayout
-from orchestrator.results import CONFIG_PREFIX
-from orchestrator.spec import SweepSpec
-from orchestrator.sweep import run_sweep
-from trainables.loop import FINAL_BITS_PER_BYTE, OBJECTIVE
+
+if TYPE_CHECKING:
+    from orchestrator.spec import SweepSpec
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -36,6 +35,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def run_and_summarise(spec: SweepSpec, args: argparse.Namespace, tracking_uri: str | None) -> int:
     """Run the sweep with the console ``args`` ask for, then print its summary; 1 if it did not finish."""
+    from orchestrator.cli.console import ProgressBar, sweep_console
+    from orchestrator.results import CONFIG_PREFIX
+    from orchestrator.sweep import run_sweep
+    from trainables.loop import FINAL_BITS_PER_BYTE, OBJECTIVE
+
     log_file = SweepLayout(spec.output_dir.resolve()).log_file
     with sweep_console(log_file, quiet=args.quiet, verbose=args.verbose):
         outcome = run_sweep(

@@ -6,14 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from orchestrator.cli.console import ProgressBar
-from orchestrator.selection.select_command import order_corpus
-from orchestrator.sweep import cache_dir
-from trainables.data.corpus import CorpusFormat
-from trainables.selection.embeddings import EmbeddingConfig
-
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``select`` to the ``effsweep`` parser's subcommands."""
@@ -45,6 +37,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _select(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from orchestrator.cli.console import ProgressBar
+    from orchestrator.selection.select_command import order_corpus
+    from orchestrator.sweep import cache_dir
+    from trainables.data.corpus import CorpusFormat
+    from trainables.selection.embeddings import EmbeddingConfig
+
     try:
         corpus_format = CorpusFormat(kind=args.format, fields=tuple(args.fields.split(",")) if args.fields else None)
         embedding = EmbeddingConfig(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 
-from orchestrator.spec import load_spec
 from search_spaces.catalog import description, ready_specs
 
 
@@ -16,6 +15,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _spaces(args: argparse.Namespace) -> int:
+    from orchestrator.spec import load_spec
+
     for path in ready_specs():
         spec = load_spec(path)
         shown = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from orchestrator.layout import SweepLayout
-from orchestrator.ui import serve_ui
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -19,4 +18,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _ui(args: argparse.Namespace) -> int:
+    from orchestrator.ui import serve_ui
+
     return serve_ui(SweepLayout(args.dir), host=args.host, port=args.port)
