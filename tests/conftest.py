@@ -84,6 +84,14 @@ def effsweep(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[st
     return subprocess.run([*EFFSWEEP, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
+def benchmark(script: str, *arguments: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``benchmarks/SCRIPT.py`` in a fresh process, as the docs' commands do; its last line is its JSON object."""
+    return subprocess.run(
+        [sys.executable, str(Path("benchmarks") / f"{script}.py"), *arguments],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Keep caches and MLflow stores out of the user's home and any configured server."""

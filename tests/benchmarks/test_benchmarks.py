@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, benchmark
 
 # The outputs a full run writes into the repository, which a smoke run must leave alone.
 OUTPUTS = (REPO / "benchmarks" / "curves", REPO / "docs" / "img")
@@ -127,10 +127,7 @@ def _written(folders: tuple[Path, ...]) -> dict[Path, int]:
 
 def _smoke(script: str) -> subprocess.CompletedProcess[str]:
     arguments, _ = BENCHMARKS[script]
-    return subprocess.run(
-        [sys.executable, str(Path("benchmarks") / f"{script}.py"), "--smoke", *arguments],
-        cwd=REPO, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S, check=False,
-    )  # fmt: skip
+    return benchmark(script, "--smoke", *arguments, timeout=SMOKE_TIMEOUT_S)
 
 
 # Two smoke runs at a time: one alone keeps about 1.3 of the 2 cores busy (much of a run is one process

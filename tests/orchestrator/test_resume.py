@@ -11,12 +11,10 @@ is also the benchmark's smoke run, so ``tests/benchmarks`` leaves it out.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import benchmark
 
 pytestmark = pytest.mark.slow  # whole sweeps killed and resumed
 
@@ -36,10 +34,7 @@ KEYS = {"kills", "sweeps", "scheduler", "trials", "at", "uninterrupted_s", *EXPE
 
 @pytest.mark.parametrize(("scheduler", "trials"), [("asha", 6), ("mpl", 5)])
 def test_a_sweep_killed_at_every_risky_moment_resumes_as_if_never_killed(scheduler: str, trials: int) -> None:
-    done = subprocess.run(
-        [sys.executable, "benchmarks/crash.py", "--smoke", "--scheduler", scheduler, "--trials", str(trials)],
-        cwd=REPO, capture_output=True, text=True, timeout=850, check=False,
-    )  # fmt: skip
+    done = benchmark("crash", "--smoke", "--scheduler", scheduler, "--trials", str(trials), timeout=850)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result.keys() >= KEYS, f"missing {sorted(KEYS - result.keys())}"
