@@ -97,22 +97,27 @@ def run(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
 def run_until(trigger: Trigger, *args: str, timeout: float = 1800) -> bool:
     """Start the CLI in its own process group and kill the group when ``trigger`` fires; whether it fired."""
     out_dir = Path(args[args.index("--output") + 1]) if "--output" in args else Path(args[-1])
-    process = subprocess.Popen(
-        [*EFFSWEEP, *args, "--quiet"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    started = time.monotonic()
-    while process.poll() is None:
-        if trigger(out_dir, time.monotonic() - started):
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            return True
-        if time.monotonic() - started > timeout:
-            os.killpg(process.pid, signal.SIGKILL)
-            raise TimeoutError(f"effsweep {' '.join(args)} ran past {timeout} s")
-        time.sleep(0.01)
-    if process.returncode != 0:
-        raise RuntimeError(f"effsweep {' '.join(args)} failed ({process.returncode}) before its kill")
+    # Its messages go to a file beside the sweep, not a pipe: a pipe nobody reads would block it.
+    with open(out_dir.with_name(f"{out_dir.name}.stderr"), "a+") as errors:
+        process = subprocess.Popen(
+            [*EFFSWEEP, *args, "--quiet"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=errors,
+            start_new_session=True,
+        )  # fmt: skip
+        started = time.monotonic()
+        while process.poll() is None:
+            if trigger(out_dir, time.monotonic() - started):
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                return True
+            if time.monotonic() - started > timeout:
+                os.killpg(process.pid, signal.SIGKILL)
+                raise TimeoutError(f"effsweep {' '.join(args)} ran past {timeout} s")
+            time.sleep(0.01)
+        if process.returncode != 0:
+            errors.seek(0)
+            raise RuntimeError(
+                f"effsweep {' '.join(args)} failed ({process.returncode}) before its kill:\n{errors.read()[-4000:]}"
+            )
     return False
 
 
