@@ -59,6 +59,10 @@ from trainables.config import TrialConfig
 from trainables.loop import train_lm
 from trainables.trial import lm_trial
 
+# A trial: 80 steps at batch 8 of the tiny model (a smoke run: 20); the slowdowns' trials run three times as long.
+TRIAL_COMPUTE = 40960
+SMOKE_TRIAL_COMPUTE = 10240
+
 
 def _spec(root: Path, name: str, trials: int, compute: float, eval_every: int = 20, workers: int = 1) -> SweepSpec:
     return parse_spec(
@@ -77,8 +81,8 @@ def _spec(root: Path, name: str, trials: int, compute: float, eval_every: int = 
     )
 
 
-def per_trial_overhead(root: Path, trials: int) -> dict[str, float]:
-    spec = _spec(root, "overhead", trials, compute=40960)
+def per_trial_overhead(root: Path, trials: int, compute: float) -> dict[str, float]:
+    spec = _spec(root, "overhead", trials, compute=compute)
     data = prepare_data(spec)
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -98,10 +102,10 @@ def per_trial_overhead(root: Path, trials: int) -> dict[str, float]:
     }
 
 
-def train_per_trial_overhead(root: Path, trials: int) -> dict[str, float]:
+def train_per_trial_overhead(root: Path, trials: int, compute: float) -> dict[str, float]:
     seconds = {}
     for workers in (1, 2):
-        spec = _spec(root, f"train-overhead-{workers}", trials, compute=40960, workers=workers)
+        spec = _spec(root, f"train-overhead-{workers}", trials, compute=compute, workers=workers)
         started = time.perf_counter()
         outcome = run_sweep(spec)
         seconds[workers] = time.perf_counter() - started
@@ -177,13 +181,13 @@ def _trial_seconds(spec: SweepSpec, side: str, root: Path) -> list[float]:
     return [float(result.metrics_dataframe["wall_s"].max()) for result in tuner.fit()]
 
 
-def logging_slowdown(root: Path, trials: int, rounds: int) -> dict[str, Any]:
+def logging_slowdown(root: Path, trials: int, rounds: int, compute: float) -> dict[str, Any]:
     """Sweeps of each side in turn, the order rotating each round, reporting every 5 steps (about 4 reports
     a second)."""
     times: dict[str, list[float]] = {side: [] for side in SIDES}
     for index in range(rounds):
         for side in SIDES[index % len(SIDES) :] + SIDES[: index % len(SIDES)]:
-            spec = _spec(root, f"slowdown-{index}-{side}", trials, compute=122880, eval_every=5)
+            spec = _spec(root, f"slowdown-{index}-{side}", trials, compute=3 * compute, eval_every=5)
             times[side].extend(_trial_seconds(spec, side, root))
     mean = {side: sum(seconds) / len(seconds) for side, seconds in times.items()}
     return {
@@ -201,17 +205,18 @@ def measure(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     ``--only-slowdown``)."""
     root.mkdir(parents=True)
     points, single_points, slowdown_trials = (200, 20, 1) if args.smoke else (20_000, 1_000, 4)
+    compute = SMOKE_TRIAL_COMPUTE if args.smoke else TRIAL_COMPUTE
     if args.only_slowdown:
-        return logging_slowdown(root, trials=slowdown_trials, rounds=args.rounds)
-    result: dict[str, Any] = dict(train_per_trial_overhead(root, args.trials))
+        return logging_slowdown(root, trials=slowdown_trials, rounds=args.rounds, compute=compute)
+    result: dict[str, Any] = dict(train_per_trial_overhead(root, args.trials, compute))
     print(f"Ray Train per-trial overhead: {result['train_per_trial_overhead_s']:.3f} s", file=sys.stderr)
     if args.only_train:
         return result
-    result.update(per_trial_overhead(root, args.trials))
+    result.update(per_trial_overhead(root, args.trials, compute))
     print(f"per-trial overhead: {result['per_trial_overhead_s']:.3f} s", file=sys.stderr)
     result.update(mlflow_throughput(root, points=points, single_points=single_points))
     print(f"MLflow: {result['mlflow_points_per_s']:.0f} points/s through the writer", file=sys.stderr)
-    result.update(logging_slowdown(root, trials=slowdown_trials, rounds=args.rounds))
+    result.update(logging_slowdown(root, trials=slowdown_trials, rounds=args.rounds, compute=compute))
     print(
         f"logging slowdown: {result['logging_slowdown']:+.2%}, "
         f"against a bare Tuner: {result['orchestration_slowdown']:+.2%}",
