@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.benchmark_runs import BenchmarkRuns, declared_run
 from trainables.data.prepare import SweepData, prepare_sweep_data
 
 # Token authentication on, as Ray 2.60 sets it up for new clusters, with one token for every Ray
@@ -84,14 +85,6 @@ def effsweep(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[st
     return subprocess.run([*EFFSWEEP, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
-def benchmark(script: str, *arguments: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    """Run ``benchmarks/SCRIPT.py`` in a fresh process, as the docs' commands do; its last line is its JSON object."""
-    return subprocess.run(
-        [sys.executable, str(Path("benchmarks") / f"{script}.py"), *arguments],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="session", autouse=True)
 def isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Keep caches and MLflow stores out of the user's home and any configured server."""
@@ -104,6 +97,20 @@ def isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests of benchmark runs last: their runs go on beside the rest of the suite (``tests.benchmark_runs``)."""
+    items.sort(key=lambda item: declared_run(item) is not None)  # stable: each group keeps its order
+
+
+@pytest.fixture(scope="session", autouse=True)
+def benchmark_runs(request: pytest.FixtureRequest, isolated_environment: None) -> Iterator[BenchmarkRuns]:
+    """The runs the session's tests declare, started now, in the background, with the session's environment."""
+    runs = [run for item in request.session.items if (run := declared_run(item)) is not None]
+    background = BenchmarkRuns(runs, REPO)
+    yield background
+    background.close()
 
 
 @pytest.fixture(scope="session")

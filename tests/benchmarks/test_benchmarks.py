@@ -14,13 +14,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, benchmark
+from tests.benchmark_runs import BenchmarkRuns
+from tests.conftest import REPO
 
 # The outputs a full run writes into the repository, which a smoke run must leave alone.
 OUTPUTS = (REPO / "benchmarks" / "curves", REPO / "docs" / "img")
@@ -125,51 +124,25 @@ def _written(folders: tuple[Path, ...]) -> dict[Path, int]:
     return {path: path.stat().st_mtime_ns for folder in folders for path in folder.rglob("*") if path.is_file()}
 
 
-def _smoke(script: str) -> subprocess.CompletedProcess[str]:
+# What the outputs held when the session's runs started (collection imports this module before any runs).
+BEFORE_RUNS = _written(OUTPUTS)
+
+
+def _smoke(script: str) -> object:
     arguments, _ = BENCHMARKS[script]
-    return benchmark(script, "--smoke", *arguments, timeout=SMOKE_TIMEOUT_S)
-
-
-# Two smoke runs at a time: one alone keeps about 1.3 of the 2 cores busy (much of a run is one process
-# importing or waiting on Ray), so a pair finishes the set sooner without leaving either starved. Each
-# has a generous limit, for a loaded machine.
-SMOKE_TIMEOUT_S = 780
-SMOKES_AT_ONCE = 2
-
-
-# The smoke runs of a minute or more, started first so that no long one is left running alone at the end.
-LONGEST = ("overhead", "cbs", "pruning", "laws", "record_curves", "hypergrad")
-
-
-@pytest.fixture(scope="module")
-def smoke_runs(request: pytest.FixtureRequest) -> Iterator[tuple[dict[str, Future], dict[Path, int]]]:
-    """The selected smoke runs, started two at a time, the longest first, and the outputs as they were before."""
-    selected = [
-        item.callspec.params["script"]
-        for item in request.session.items
-        if getattr(item, "originalname", None) == "test_smoke_run_prints_the_full_runs_keys"
-    ]
-    before = _written(OUTPUTS)
-    with ThreadPoolExecutor(max_workers=SMOKES_AT_ONCE) as pool:
-        futures = {script: pool.submit(_smoke, script) for script in sorted(selected, key=lambda s: s not in LONGEST)}
-        yield futures, before
-        for future in futures.values():
-            future.cancel()
+    return pytest.param(script, marks=pytest.mark.benchmark_run(script, "--smoke", *arguments), id=script)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", BENCHMARKS)
+@pytest.mark.parametrize("script", [_smoke(script) for script in BENCHMARKS])
 def test_smoke_run_prints_the_full_runs_keys(
-    script: str, smoke_runs: tuple[dict[str, Future], dict[Path, int]]
+    script: str, benchmark_runs: BenchmarkRuns, request: pytest.FixtureRequest
 ) -> None:
-    futures, before = smoke_runs
-    done = futures[script].result()
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = benchmark_runs.result(request.node)
     keys = BENCHMARKS[script][1]
     assert keys <= result.keys(), f"{script}: missing {sorted(keys - result.keys())}"
-    # The runs overlap, so a write is caught by the test of whichever run ends after it.
-    assert _written(OUTPUTS) == before, f"a smoke run wrote into {[str(p) for p in OUTPUTS]}"
+    # The runs go one after another, each checked once all before it have ended.
+    assert _written(OUTPUTS) == BEFORE_RUNS, f"a smoke run wrote into {[str(p) for p in OUTPUTS]}"
 
 
 def test_every_benchmark_script_has_a_smoke_run_here() -> None:

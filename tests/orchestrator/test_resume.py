@@ -10,11 +10,9 @@ is also the benchmark's smoke run, so ``tests/benchmarks`` leaves it out.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.conftest import benchmark
+from tests.benchmark_runs import BenchmarkRuns
 
 pytestmark = pytest.mark.slow  # whole sweeps killed and resumed
 
@@ -32,11 +30,17 @@ EXPECTED = {
 KEYS = {"kills", "sweeps", "scheduler", "trials", "at", "uninterrupted_s", *EXPECTED}
 
 
-@pytest.mark.parametrize(("scheduler", "trials"), [("asha", 6), ("mpl", 5)])
-def test_a_sweep_killed_at_every_risky_moment_resumes_as_if_never_killed(scheduler: str, trials: int) -> None:
-    done = benchmark("crash", "--smoke", "--scheduler", scheduler, "--trials", str(trials), timeout=850)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+def _killed_and_resumed(scheduler: str, trials: int) -> object:
+    run = pytest.mark.benchmark_run("crash", "--smoke", "--scheduler", scheduler, "--trials", trials)
+    return pytest.param(scheduler, marks=run, id=f"{scheduler}-{trials}")
+
+
+@pytest.mark.parametrize("scheduler", [_killed_and_resumed("asha", 6), _killed_and_resumed("mpl", 5)])
+def test_a_sweep_killed_at_every_risky_moment_resumes_as_if_never_killed(
+    scheduler: str, benchmark_runs: BenchmarkRuns, request: pytest.FixtureRequest
+) -> None:
+    result = benchmark_runs.result(request.node)
     assert result.keys() >= KEYS, f"missing {sorted(KEYS - result.keys())}"
+    assert result["scheduler"] == scheduler
     assert result["kills"] >= 3, "the driver must die mid-sweep for this test to mean anything"
-    assert {key: result[key] for key in EXPECTED} == EXPECTED, done.stderr[-3000:]
+    assert {key: result[key] for key in EXPECTED} == EXPECTED, result
