@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -18,10 +17,11 @@ from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+
+from orchestrator.sqlite_store import create_sqlite_store
 
 TRIAL_ID_TAG = "effsweep.trial_id"
 SWEEP_TAG = "effsweep.sweep"
@@ -32,19 +32,11 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def tracking_client(uri: str) -> MlflowClient:
-    """A client of the store at ``uri``; a SQLite store that does not exist yet is made whole first.
-
-    MLflow makes a new SQLite store's tables with a chain of schema migrations; a process killed
-    during them leaves a store that no later migration can finish ("table ... already exists"). So a
-    new store is made in a file beside its place and renamed there once complete.
-    """
+    """A client of the store at ``uri``; a SQLite store that does not exist yet is made whole first
+    (``orchestrator.sqlite_store``)."""
     path = _sqlite_path(uri)
     if path is not None and not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        store = SqlAlchemyStore(f"sqlite:///{partial}", partial.parent.as_uri())  # makes every table
-        store.engine.dispose()
-        os.replace(partial, path)
+        create_sqlite_store(path)
     return MlflowClient(uri)
 
 

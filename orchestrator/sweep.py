@@ -37,6 +37,7 @@ from orchestrator.storage import TrialStorage, check_shared
 from orchestrator.sweep_artifacts import log_sweep_artifacts
 from orchestrator.sweep_hooks import SweepHooks, active_hooks
 from orchestrator.tracking import MlflowTrialCallback
+from orchestrator.user_cache import cache_dir
 from trainables.data.prepare import SweepData, prepare_sweep_data
 from trainables.loop import OBJECTIVE
 from trainables.registry import PLUGINS_ENV
@@ -57,22 +58,6 @@ TRIAL_RETRIES = 2
 DRIVER_MEMORY = 256 * 2**20
 # The token files of the sweeps in a trial storage, beside their experiments: no sweep's name starts with "_".
 DATA_FOLDER = "_data"
-
-
-def cache_dir() -> Path:
-    """The directory where per-corpus work (tokens, embeddings, orders) is cached across sweeps, made if missing.
-
-    ``EFFSWEEP_CACHE_DIR``, else ``~/.cache/effsweep``. Cached tokens are a
-    reversible copy of every corpus read, so the cache is its user's alone: the
-    directory is made with mode 0700 (one of the user's that is open to others
-    is narrowed to it), and ``trainables.data.prepare`` writes its files 0600.
-    """
-    path = Path(os.environ.get("EFFSWEEP_CACHE_DIR") or Path.home() / ".cache" / "effsweep")
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    stat = path.stat()
-    if stat.st_mode & 0o077 and stat.st_uid == os.getuid():
-        path.chmod(0o700)
-    return path
 
 
 def tracking_uri(spec: SweepSpec, layout: SweepLayout, override: str | None = None) -> str:

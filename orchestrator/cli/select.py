@@ -41,7 +41,7 @@ def _select(args: argparse.Namespace) -> int:
 
     from orchestrator.cli.console import ProgressBar
     from orchestrator.selection.select_command import order_corpus
-    from orchestrator.sweep import cache_dir
+    from orchestrator.user_cache import cache_dir
     from trainables.data.corpus import CorpusFormat
     from trainables.selection.embeddings import EmbeddingConfig
 

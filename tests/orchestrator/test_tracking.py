@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import queue
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from orchestrator import mlflow_runs
+from orchestrator import sqlite_store
 from orchestrator.mlflow_runs import (
     TRIAL_ID_TAG,
     MetricBatcher,
@@ -278,18 +279,54 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_new_sqlite_store_appears_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EFFSWEEP_CACHE_DIR", str(tmp_path / "cache"))  # no empty store cached yet
     db = tmp_path / "sweep" / "mlflow.db"
-    real_store = mlflow_runs.SqlAlchemyStore
+    real_store = sqlite_store.SqlAlchemyStore
 
     def killed_while_migrating(uri: str, artifact_root: str) -> None:
         real_store(uri, artifact_root)  # the tables exist in the partial file...
         raise KeyboardInterrupt  # ...and the process dies before the rename
 
-    monkeypatch.setattr(mlflow_runs, "SqlAlchemyStore", killed_while_migrating)
-    with pytest.raises(KeyboardInterrupt):
-        tracking_client(f"sqlite:///{db}")
-    assert not db.exists()  # no half-made store for the next run to trip on
-    monkeypatch.undo()
+    with monkeypatch.context() as patched:
+        patched.setattr(sqlite_store, "SqlAlchemyStore", killed_while_migrating)
+        with pytest.raises(KeyboardInterrupt):
+            tracking_client(f"sqlite:///{db}")
+    assert not db.exists() and not list((tmp_path / "cache").glob("*.db"))  # nothing half-made to trip on
     client = tracking_client(f"sqlite:///{db}")
     assert db.is_file() and ensure_experiment(client, "whole", None)
     assert tracking_client(f"sqlite:///{db}").get_experiment_by_name("whole") is not None  # an existing one is used
+
+
+def test_new_stores_are_copies_of_one_migrated_store_each_with_its_own_default_experiment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EFFSWEEP_CACHE_DIR", str(tmp_path / "cache"))
+    migrations = []
+    real_store = sqlite_store.SqlAlchemyStore
+    monkeypatch.setattr(sqlite_store, "SqlAlchemyStore", lambda *args: migrations.append(args) or real_store(*args))
+    clients = {name: tracking_client(f"sqlite:///{tmp_path / name / 'mlflow.db'}") for name in ("a", "b")}
+    assert len(migrations) == 1  # the first new store migrates the cached one; the second is a copy
+    monkeypatch.undo()
+    # What MLflow makes in place, with the store's folder as its artifact root, for comparison.
+    in_place = real_store(f"sqlite:///{tmp_path / 'in-place.db'}", tmp_path.as_uri())
+    in_place.engine.dispose()
+
+    def schema(db: Path) -> dict[str, list[tuple]]:
+        """Each table's columns (name, type, not null, default, key) and the names of the indexes.
+
+        Not the CREATE statements: MLflow's migrations write a table's constraints in no fixed order.
+        """
+        with sqlite3.connect(db) as connection:
+            tables = [name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            indexes = connection.execute("SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name")
+            columns = {t: [c[1:] for c in connection.execute(f'PRAGMA table_info("{t}")')] for t in sorted(tables)}
+            return {**columns, "indexes": indexes.fetchall()}
+
+    assert schema(tmp_path / "a" / "mlflow.db") == schema(tmp_path / "in-place.db")
+    for name, client in clients.items():
+        default = client.get_experiment("0")
+        assert default.name == "Default" and default.artifact_location == f"{(tmp_path / name).as_uri()}/0"
+        assert time.time() - default.creation_time / 1000 < 600  # made now, not when the cached store was
+        run = client.create_run(ensure_experiment(client, name, None)).info.run_id
+        client.log_metric(run, "val_loss", 1.5, step=3)
+        assert [(m.step, m.value) for m in client.get_metric_history(run, "val_loss")] == [(3, 1.5)]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.sweep import cache_dir
+from orchestrator.user_cache import cache_dir
 from trainables.data.prepare import cached_uniform_order
 from trainables.data.tokenizer import BYTES
 from trainables.data.tokens import offsets_path, tokenize_cached
