@@ -23,6 +23,7 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from orchestrator.kept_snapshots import SnapshotKeeper, restore_kept_snapshot
 from orchestrator.layout import SweepDirError, SweepLayout, SweepRecord
 from orchestrator.mlflow_runs import child_runs, ensure_experiment, finish_parent_run, open_parent_run, tracking_client
 from orchestrator.progress import ConsoleProgress
@@ -240,6 +241,8 @@ def _tuner(
     and callbacks as they stood at the last snapshot: ``orchestrator.snapshots``)."""
     trainable = _trainable(spec, storage, data, hooks)
     experiment = storage.joined(spec.name)
+    if storage.is_local:
+        restore_kept_snapshot(Path(experiment))
     if tune.Tuner.can_restore(experiment, storage_filesystem=storage.filesystem):
         return tune.Tuner.restore(
             experiment, trainable, resume_unfinished=True, resume_errored=True,
@@ -268,6 +271,7 @@ def _tuner(
                 MlflowTrialCallback(layout.root, hooks),
                 ConsoleProgress([k.name for k in spec.knobs]),
                 SchedulerSnapshot(scheduler),
+                SnapshotKeeper(),
             ],
             # A trial whose node is lost (or whose worker dies) runs again rather than being lost.
             failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),

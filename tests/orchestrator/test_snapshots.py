@@ -1,12 +1,19 @@
-"""The scheduler's checkpoint carried inside Tune's experiment snapshot, with Tune's real schedulers."""
+"""Tune's experiment snapshots: the scheduler's checkpoint inside them, and whole copies kept against a torn one."""
 
 from __future__ import annotations
 
 import pickle
+import shutil
+from pathlib import Path
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+from orchestrator.kept_snapshots import KEPT_DIR, SNAPSHOT_FILES, keep_snapshot, restore_kept_snapshot
 from orchestrator.snapshots import SchedulerSnapshot
+from orchestrator.spec import parse_spec
+from orchestrator.sweep import run_sweep
+from tests.conftest import tiny_spec
+from trainables.loop import OBJECTIVE
 
 
 def test_an_asha_schedulers_rungs_come_back_in_the_scheduler_tune_restores() -> None:
@@ -33,3 +40,43 @@ def test_a_scheduler_without_state_is_asked_once() -> None:
     assert snapshot.get_state() is None
     assert snapshot.get_state() is None
     assert len(asked) == 1
+
+
+def test_a_torn_tune_snapshot_gives_way_to_the_kept_one_and_the_sweep_resumes_whole(
+    local_ray: None, tmp_path: Path
+) -> None:
+    raw = tiny_spec(name="torn", output_dir=str(tmp_path / "torn"), trials=3)
+    first = run_sweep(parse_spec(raw))
+    experiment = first.layout.tune_dir / "torn"
+    # A driver killed while Tune copied its snapshot into place: the searcher's file cut short. Restoring
+    # from it, Tune would start the experiment over with no trials and a searcher that has drawn them all.
+    torn = max(experiment.glob("searcher-state-*.pkl"))
+    torn.write_bytes(torn.read_bytes()[: torn.stat().st_size // 2])
+    shutil.rmtree(first.layout.results_dir)
+
+    again = run_sweep(parse_spec(raw))
+    columns = ["trial_id", "status", OBJECTIVE]
+    assert again.results.trials[columns].equals(first.results.trials[columns])
+    assert (first.layout.results_dir / "trials.parquet").is_file()
+    # Tune's own files are kept aside, not deleted.
+    assert [p.name for p in experiment.glob(f"{KEPT_DIR}/replaced-*/searcher-state-*.pkl")] == [torn.name]
+
+
+def test_a_kept_snapshot_is_the_newest_sessions_whole_set(tmp_path: Path) -> None:
+    staging, experiment = tmp_path / "staging", tmp_path / "experiment"
+    staging.mkdir()
+    experiment.mkdir()
+    for session, text in (("2026-01-01_00-00-00", "old"), ("2026-01-01_00-00-09", "new")):
+        for template in SNAPSHOT_FILES:
+            (staging / template.format(session)).write_text(text)
+    keep_snapshot(staging, experiment, iteration=7)
+    keep_snapshot(staging, experiment, iteration=8)  # the next turn's set replaces the last one
+    (folder,) = [p for p in (experiment / KEPT_DIR).iterdir() if p.is_dir()]
+    assert folder.name.startswith("000000008-")
+    assert {p.name: p.read_text() for p in folder.iterdir()} == {
+        t.format("2026-01-01_00-00-09"): "new" for t in SNAPSHOT_FILES
+    }
+    (experiment / SNAPSHOT_FILES[0].format("2026-01-01_00-00-05")).write_text("torn")
+    moved = restore_kept_snapshot(experiment)
+    assert [p.read_text() for p in moved] == ["torn"]
+    assert sorted(p.name for p in experiment.iterdir() if p.is_file()) == sorted(p.name for p in folder.iterdir())
