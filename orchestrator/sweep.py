@@ -164,6 +164,12 @@ def run_sweep(
     except BaseException:
         client.set_terminated(parent_run_id, status="KILLED")
         raise
+    if len(grid) == 0:  # a spec asks for one trial at least: Tune restored none and started nothing
+        client.set_terminated(parent_run_id, status="FAILED")
+        raise SweepDirError(
+            f"{layout.tune_dir}: Tune ran no trial (a snapshot it could not restore? see {layout.log_file}); "
+            "the sweep's files are left as they are"
+        )
     results = collect_results(grid)
     interrupted = grid.num_terminated + grid.num_errors < len(grid)
     artifacts = log_sweep_artifacts(results, spec, record, layout, client, hooks)
