@@ -158,8 +158,9 @@ def test_a_bad_spec_is_refused_before_it_reaches_the_cluster(real_cluster: RealC
 def test_a_killed_driver_is_resumed_without_losing_or_duplicating_trials(
     real_cluster: RealCluster, tmp_path: Path
 ) -> None:
-    # Trials long enough that the sweep is still running when MLflow shows two of them completed.
-    spec = _cluster_spec(tmp_path, "killed-driver", trials=6, budget=163840)
+    # Trials long enough that the sweep is still running when MLflow shows two of them completed (two
+    # at a time: four are left to run, or running).
+    spec = _cluster_spec(tmp_path, "killed-driver", trials=6, budget=81920)
     sweep_dir = tmp_path / "killed-driver"
     driver = real_cluster.start("run", str(spec), "--address", real_cluster.gcs_address)
     _wait_until(lambda: _completed_runs(sweep_dir) >= 2, driver, timeout=300)
@@ -172,7 +173,7 @@ def test_a_killed_driver_is_resumed_without_losing_or_duplicating_trials(
 
 
 def test_a_lost_worker_node_costs_no_trial(real_cluster: RealCluster, tmp_path: Path) -> None:
-    spec = _cluster_spec(tmp_path, "lost-node", trials=4, budget=163840)
+    spec = _cluster_spec(tmp_path, "lost-node", trials=4, budget=81920)
     sweep_dir = tmp_path / "lost-node"
     driver = real_cluster.start("run", str(spec), "--address", real_cluster.gcs_address)
     _wait_until(lambda: _running_runs(sweep_dir) >= 2, driver, timeout=300)

@@ -12,9 +12,9 @@ from orchestrator.spec import load_spec
 from tests.conftest import effsweep, tiny_spec, write_spec
 
 
-def _study_spec(tmp_path: Path) -> Path:
+def _study_spec(tmp_path: Path, compute: float = 163840) -> Path:
     raw = tiny_spec(
-        name="cbs", output_dir=str(tmp_path / "cbs"), budget={"compute": 163840},
+        name="cbs", output_dir=str(tmp_path / "cbs"), budget={"compute": compute},
         train={"eval_every": 5, "batch_size": 8, "schedule.name": "constant", "peak_lr": 3.0e-3},
         search={"seed": {"choice": [0]}}, searcher="grid", trials=None,
     )  # fmt: skip
@@ -48,6 +48,7 @@ def test_the_study_finds_a_critical_batch_size_and_writes_it_into_a_spec(tmp_pat
 
 
 def test_an_unreachable_target_gets_a_clear_message(tmp_path: Path) -> None:
-    ran = effsweep("cbs", str(_study_spec(tmp_path)), "--sizes", "8,16,32", "--target", "0.5")
+    # No trial reaches the target, so each runs its whole budget: a small one (10 steps at batch 32).
+    ran = effsweep("cbs", str(_study_spec(tmp_path, compute=20480)), "--sizes", "8,16,32", "--target", "0.5")
     assert ran.returncode == 1
     assert "only 0 of 3 batch sizes reached the target loss 0.5000 within budget.compute" in ran.stderr
