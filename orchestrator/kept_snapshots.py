@@ -39,16 +39,29 @@ REPLACED = "replaced-"  # Tune's own files, moved aside by a restore
 class SnapshotKeeper(Callback):
     """Keeps a whole copy of the newest snapshot beside the experiment, taken at the end of each turn."""
 
+    def __init__(self) -> None:
+        # This process's snapshot files in its staging folder, found at the first turn that wrote them: the
+        # names stay the same for the process's life, and the staging folder names the process.
+        self._staging: Path | None = None
+        self._files: Sequence[Path] = ()
+
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         if not trials or not isinstance(trials[0].storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
             return
         storage = trials[0].storage
-        keep_snapshot(Path(storage.experiment_driver_staging_path), Path(storage.experiment_fs_path), iteration)
+        staging = Path(storage.experiment_driver_staging_path)
+        if staging != self._staging or not self._files:
+            self._staging, self._files = staging, newest_snapshot_files(staging)
+        keep_snapshot(self._files, Path(storage.experiment_fs_path), iteration)
 
 
-def keep_snapshot(staging: Path, experiment: Path, iteration: int) -> None:
-    """Copy the newest session's snapshot files from ``staging`` into a new kept folder, then point to it."""
-    files = _session_files(staging, _newest_session(staging))
+def newest_snapshot_files(staging: Path) -> Sequence[Path]:
+    """The snapshot files of the newest session (this process's) in Tune's staging folder."""
+    return _session_files(staging, _newest_session(staging))
+
+
+def keep_snapshot(files: Sequence[Path], experiment: Path, iteration: int) -> None:
+    """Copy ``files`` (one snapshot) into a new kept folder beside the experiment, then point to it."""
     if not files:
         return
     kept = experiment / KEPT_DIR

@@ -8,7 +8,13 @@ from pathlib import Path
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from orchestrator.kept_snapshots import KEPT_DIR, SNAPSHOT_FILES, keep_snapshot, restore_kept_snapshot
+from orchestrator.kept_snapshots import (
+    KEPT_DIR,
+    SNAPSHOT_FILES,
+    keep_snapshot,
+    newest_snapshot_files,
+    restore_kept_snapshot,
+)
 from orchestrator.snapshots import SchedulerSnapshot
 from orchestrator.spec import parse_spec
 from orchestrator.sweep import run_sweep
@@ -69,8 +75,9 @@ def test_a_kept_snapshot_is_the_newest_sessions_whole_set(tmp_path: Path) -> Non
     for session, text in (("2026-01-01_00-00-00", "old"), ("2026-01-01_00-00-09", "new")):
         for template in SNAPSHOT_FILES:
             (staging / template.format(session)).write_text(text)
-    keep_snapshot(staging, experiment, iteration=7)
-    keep_snapshot(staging, experiment, iteration=8)  # the next turn's set replaces the last one
+    files = newest_snapshot_files(staging)
+    keep_snapshot(files, experiment, iteration=7)
+    keep_snapshot(files, experiment, iteration=8)  # the next turn's set replaces the last one
     (folder,) = [p for p in (experiment / KEPT_DIR).iterdir() if p.is_dir()]
     assert folder.name.startswith("000000008-")
     assert {p.name: p.read_text() for p in folder.iterdir()} == {
