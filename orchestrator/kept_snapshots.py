@@ -5,7 +5,7 @@ staging folder, then copies it file by file, in a background thread and in place
 experiment's folder. A driver killed during that copy leaves a file cut short, or files of two
 turns side by side; Tune then fails to restore and, rather than stop, starts the experiment over
 with no trials and a searcher that has already drawn them all: the resumed sweep ends with none.
-So at the end of each turn, once Tune has written the turn's snapshot into its staging folder,
+So each time Tune has written a snapshot into its staging folder (``orchestrator.snapshots``),
 ``SnapshotKeeper`` copies that set into a folder of its own and then points to it (one atomic
 rename); ``restore_kept_snapshot`` puts the set pointed to back in place before Tune restores.
 Local trial storage only: on a bucket every object appears whole. See ``docs/resume.md``.
@@ -13,18 +13,17 @@ Local trial storage only: on a bucket every object appears whole. See ``docs/res
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pyarrow.fs
-from ray.tune import Callback
+from ray.train._internal.storage import StorageContext
 from ray.tune.callback import CallbackList
 from ray.tune.execution.tune_controller import TuneController
-from ray.tune.experiment import Trial
 from ray.tune.search import Searcher, SearchGenerator
 
 # The files of one snapshot, each named after the session (the process) that wrote it.
@@ -36,23 +35,24 @@ POINTER = "current"
 REPLACED = "replaced-"  # Tune's own files, moved aside by a restore
 
 
-class SnapshotKeeper(Callback):
-    """Keeps a whole copy of the newest snapshot beside the experiment, taken at the end of each turn."""
+class SnapshotKeeper:
+    """Keeps a whole copy of each snapshot one Tune controller writes, beside its experiment."""
 
     def __init__(self) -> None:
-        # This process's snapshot files in its staging folder, found at the first turn that wrote them: the
-        # names stay the same for the process's life, and the staging folder names the process.
+        # This process's snapshot files in its staging folder, found at the first snapshot: the names stay the
+        # same for the process's life, and the staging folder names the process.
         self._staging: Path | None = None
         self._files: Sequence[Path] = ()
+        self._kept = itertools.count()
 
-    def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
-        if not trials or not isinstance(trials[0].storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+    def keep(self, storage: StorageContext) -> None:
+        """Copy the snapshot just written to ``storage``'s staging folder (local storage only)."""
+        if not isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
             return
-        storage = trials[0].storage
         staging = Path(storage.experiment_driver_staging_path)
         if staging != self._staging or not self._files:
             self._staging, self._files = staging, newest_snapshot_files(staging)
-        keep_snapshot(self._files, Path(storage.experiment_fs_path), iteration)
+        keep_snapshot(self._files, Path(storage.experiment_fs_path), next(self._kept))
 
 
 def newest_snapshot_files(staging: Path) -> Sequence[Path]:
@@ -60,12 +60,12 @@ def newest_snapshot_files(staging: Path) -> Sequence[Path]:
     return _session_files(staging, _newest_session(staging))
 
 
-def keep_snapshot(files: Sequence[Path], experiment: Path, iteration: int) -> None:
+def keep_snapshot(files: Sequence[Path], experiment: Path, number: int) -> None:
     """Copy ``files`` (one snapshot) into a new kept folder beside the experiment, then point to it."""
     if not files:
         return
     kept = experiment / KEPT_DIR
-    folder = kept / f"{iteration:09d}-{os.getpid()}"
+    folder = kept / f"{number:09d}-{os.getpid()}"
     folder.mkdir(parents=True, exist_ok=True)
     for path in files:
         shutil.copyfile(path, folder / path.name)

@@ -23,7 +23,7 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from orchestrator.kept_snapshots import SnapshotKeeper, restore_kept_snapshot
+from orchestrator.kept_snapshots import restore_kept_snapshot
 from orchestrator.layout import SweepDirError, SweepLayout, SweepRecord
 from orchestrator.mlflow_runs import child_runs, ensure_experiment, finish_parent_run, open_parent_run, tracking_client
 from orchestrator.progress import ConsoleProgress
@@ -32,7 +32,7 @@ from orchestrator.results import CONFIG_PREFIX, SweepResults, collect_results
 from orchestrator.schedulers import build_scheduler
 from orchestrator.searchers import METRIC, MODE, build_searcher
 from orchestrator.selection.pictures import SelectionPictures
-from orchestrator.snapshots import SchedulerSnapshot, snapshot_every_step
+from orchestrator.snapshots import SchedulerSnapshot, snapshot_each_change
 from orchestrator.spec import SweepSpec
 from orchestrator.storage import TrialStorage, check_shared
 from orchestrator.sweep_artifacts import log_sweep_artifacts
@@ -159,7 +159,7 @@ def run_sweep(
     hooks = active_hooks(spec)
     started = time.monotonic()
     try:
-        with snapshot_every_step():
+        with snapshot_each_change():
             grid = _tuner(spec, layout, storage, data, hooks).fit()
     except BaseException:
         client.set_terminated(parent_run_id, status="KILLED")
@@ -277,7 +277,6 @@ def _tuner(
                 MlflowTrialCallback(layout.root, hooks),
                 ConsoleProgress([k.name for k in spec.knobs]),
                 SchedulerSnapshot(scheduler),
-                SnapshotKeeper(),
             ],
             # A trial whose node is lost (or whose worker dies) runs again rather than being lost.
             failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),

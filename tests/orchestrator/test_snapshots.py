@@ -5,7 +5,10 @@ from __future__ import annotations
 import pickle
 import shutil
 from pathlib import Path
+from typing import Any
 
+import pytest
+from ray.tune.execution.tune_controller import TuneController
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from orchestrator.kept_snapshots import (
@@ -49,10 +52,14 @@ def test_a_scheduler_without_state_is_asked_once() -> None:
 
 
 def test_a_torn_tune_snapshot_gives_way_to_the_kept_one_and_the_sweep_resumes_whole(
-    local_ray: None, tmp_path: Path
+    local_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     raw = tiny_spec(name="torn", output_dir=str(tmp_path / "torn"), trials=3)
+    turns, snapshots = _count_calls(monkeypatch, "step"), _count_calls(monkeypatch, "save_to_dir")
     first = run_sweep(parse_spec(raw))
+    # Snapshots only at the turns that changed a trial: each trial's start, reports and end at least, not the
+    # turns that waited for an event.
+    assert 3 * 3 <= len(snapshots) < len(turns)
     experiment = first.layout.tune_dir / "torn"
     # A driver killed while Tune copied its snapshot into place: the searcher's file cut short. Restoring
     # from it, Tune would start the experiment over with no trials and a searcher that has drawn them all.
@@ -68,6 +75,19 @@ def test_a_torn_tune_snapshot_gives_way_to_the_kept_one_and_the_sweep_resumes_wh
     assert [p.name for p in experiment.glob(f"{KEPT_DIR}/replaced-*/searcher-state-*.pkl")] == [torn.name]
 
 
+def _count_calls(monkeypatch: pytest.MonkeyPatch, method: str) -> list[None]:
+    """A list that grows by one at each call of ``TuneController.<method>``."""
+    calls: list[None] = []
+    original = getattr(TuneController, method)
+
+    def counted(self: TuneController, *args: Any, **kwargs: Any) -> Any:
+        calls.append(None)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TuneController, method, counted)
+    return calls
+
+
 def test_a_kept_snapshot_is_the_newest_sessions_whole_set(tmp_path: Path) -> None:
     staging, experiment = tmp_path / "staging", tmp_path / "experiment"
     staging.mkdir()
@@ -76,8 +96,8 @@ def test_a_kept_snapshot_is_the_newest_sessions_whole_set(tmp_path: Path) -> Non
         for template in SNAPSHOT_FILES:
             (staging / template.format(session)).write_text(text)
     files = newest_snapshot_files(staging)
-    keep_snapshot(files, experiment, iteration=7)
-    keep_snapshot(files, experiment, iteration=8)  # the next turn's set replaces the last one
+    keep_snapshot(files, experiment, number=7)
+    keep_snapshot(files, experiment, number=8)  # the next snapshot's set replaces the last one
     (folder,) = [p for p in (experiment / KEPT_DIR).iterdir() if p.is_dir()]
     assert folder.name.startswith("000000008-")
     assert {p.name: p.read_text() for p in folder.iterdir()} == {
