@@ -41,7 +41,9 @@ WRITER_NICENESS = 10
 
 # The writer process's whole program before its imports: a fresh interpreter (not multiprocessing's spawn,
 # which would re-import the driver's ``__main__`` and its imports at full priority) that lowers its
-# priority first. Its arguments: the niceness and the descriptor its answers go to.
+# priority first. Its arguments: the niceness and the descriptor its answers go to. Once it has served, every
+# write is committed and its answers are closed: it leaves at once, since tearing down an interpreter that has
+# imported MLflow takes about a second of CPU (measured here), which the sweep's end would wait for.
 _WRITER_MAIN = """
 import os, sys
 os.setpriority(os.PRIO_PROCESS, 0, max(os.getpriority(os.PRIO_PROCESS, 0), int(sys.argv[1])))
@@ -50,6 +52,8 @@ setup = pickle.load(sys.stdin.buffer)
 sys.path[:] = setup.sys_path
 from orchestrator.store_writer import serve_stream
 serve_stream(setup, sys.stdin.buffer, int(sys.argv[2]))
+sys.stderr.flush()
+os._exit(0)
 """
 
 
