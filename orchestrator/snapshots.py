@@ -1,31 +1,55 @@
-"""Tune experiment snapshots after every change, with the trial scheduler's state inside them.
+"""Tune's experiment snapshots: taken after every change, with the trial scheduler's state inside, kept whole.
 
 Tune snapshots a sweep (trials, searcher, callbacks) every ten seconds or
 more by default, and never the scheduler. A driver killed between two
 snapshots then resumes from an older picture than the one MLflow and the
 trials saw: finished trials run again, and a fresh scheduler (ASHA's rungs
 empty) decides differently. Here a snapshot is written at the end of every
-turn of Tune's loop that changed a trial, and a callback carries the scheduler's own checkpoint
-(Tune's ``TrialScheduler.save``/``restore``) into it, so the searcher's, the
-scheduler's and the trials' states are always taken together.
-See ``docs/resume.md``.
+turn of Tune's loop that changed a trial, and a callback carries the
+scheduler's own checkpoint (Tune's ``TrialScheduler.save``/``restore``) into
+it, so the searcher's, the scheduler's and the trials' states are always
+taken together.
+
+Tune writes a snapshot into a staging folder, then copies it file by file, in
+a background thread and in place, into the experiment's folder. A driver
+killed during that copy leaves a file cut short, or files of two turns side by
+side; Tune then fails to restore and, rather than stop, starts the experiment
+over with no trials and a searcher that has already drawn them all. So each
+snapshot is also copied whole into a folder of its own, then pointed to (one
+atomic rename), and ``restore_kept_snapshot`` puts the set pointed to back in
+place before Tune restores. Local trial storage only: on a bucket every object
+appears whole. See ``docs/resume.md``.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import shutil
 import tempfile
+import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
+from ray.train._internal.storage import StorageContext
 from ray.tune import Callback
+from ray.tune.callback import CallbackList
 from ray.tune.execution.tune_controller import TuneController
 from ray.tune.schedulers import TrialScheduler
+from ray.tune.search import Searcher, SearchGenerator
 
-from orchestrator.kept_snapshots import SnapshotKeeper
+# The files of one snapshot, each named after the session (the process) that wrote it.
+SNAPSHOT_FILES = (
+    TuneController.CKPT_FILE_TMPL, Searcher.CKPT_FILE_TMPL, SearchGenerator.CKPT_FILE_TMPL, CallbackList.CKPT_FILE_TMPL,
+)  # fmt: skip
+KEPT_DIR = ".effsweep-snapshots"
+POINTER = "current"
+REPLACED = "replaced-"  # Tune's own files, moved aside by a restore
+
 
 # Tune's period between experiment snapshots, read when its controller starts: 0 lets every turn take one.
 SNAPSHOT_PERIOD_ENV = "TUNE_GLOBAL_CHECKPOINT_S"
@@ -34,8 +58,7 @@ SNAPSHOT_PERIOD_ENV = "TUNE_GLOBAL_CHECKPOINT_S"
 @contextmanager
 def snapshot_each_change() -> Iterator[None]:
     """Within: a Tune controller snapshots its experiment at the end of every turn of its loop that changed a
-    trial or added one (and whenever Tune itself insists), and a whole copy of each snapshot is kept
-    (``orchestrator.kept_snapshots``)."""
+    trial or added one (and whenever Tune itself insists), and a whole copy of each snapshot is kept."""
     before = os.environ.get(SNAPSHOT_PERIOD_ENV)
     os.environ[SNAPSHOT_PERIOD_ENV] = "0"  # Tune's own period lets every turn through; the turn's changes decide
     original = TuneController.checkpoint
@@ -107,3 +130,86 @@ class SchedulerSnapshot(Callback):
             path = Path(folder) / "scheduler"
             path.write_bytes(state["scheduler"])
             self.scheduler.restore(str(path))
+
+
+class SnapshotKeeper:
+    """Keeps a whole copy of each snapshot one Tune controller writes, beside its experiment."""
+
+    def __init__(self) -> None:
+        # This process's snapshot files in its staging folder, found at the first snapshot: the names stay the
+        # same for the process's life, and the staging folder names the process.
+        self._staging: Path | None = None
+        self._files: Sequence[Path] = ()
+        self._kept = itertools.count()
+
+    def keep(self, storage: StorageContext) -> None:
+        """Copy the snapshot just written to ``storage``'s staging folder (local storage only)."""
+        if not isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+            return
+        staging = Path(storage.experiment_driver_staging_path)
+        if staging != self._staging or not self._files:
+            self._staging, self._files = staging, newest_snapshot_files(staging)
+        keep_snapshot(self._files, Path(storage.experiment_fs_path), next(self._kept))
+
+
+def newest_snapshot_files(staging: Path) -> Sequence[Path]:
+    """The snapshot files of the newest session (this process's) in Tune's staging folder."""
+    return _session_files(staging, _newest_session(staging))
+
+
+def keep_snapshot(files: Sequence[Path], experiment: Path, number: int) -> None:
+    """Copy ``files`` (one snapshot) into a new kept folder beside the experiment, then point to it."""
+    if not files:
+        return
+    kept = experiment / KEPT_DIR
+    folder = kept / f"{number:09d}-{os.getpid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        shutil.copyfile(path, folder / path.name)
+    pointer = kept / f".{POINTER}.{os.getpid()}"
+    pointer.write_text(folder.name)
+    os.replace(pointer, kept / POINTER)  # the switch: before it the old set is current, after it the new one
+    for old in kept.iterdir():  # sets no longer pointed to, and any a killed process left half-copied
+        if old.is_dir() and old != folder and not old.name.startswith(REPLACED):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_kept_snapshot(experiment: Path) -> list[Path]:
+    """Put the kept snapshot in place of Tune's own files (moved, never deleted, into the kept folder); the
+    files moved aside. Nothing happens where no snapshot was kept."""
+    kept = experiment / KEPT_DIR
+    folder = _pointed(kept)
+    if folder is None or not folder.is_dir():
+        return []
+    aside = kept / f"{REPLACED}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    aside.mkdir()
+    moved = []
+    for path in _snapshot_files(experiment):
+        moved.append(aside / path.name)
+        path.rename(moved[-1])
+    for path in folder.iterdir():
+        shutil.copyfile(path, experiment / path.name)
+    return moved
+
+
+def _pointed(kept: Path) -> Path | None:
+    try:
+        return kept / (kept / POINTER).read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _snapshot_files(folder: Path) -> list[Path]:
+    return sorted(p for template in SNAPSHOT_FILES for p in folder.glob(template.format("*")))
+
+
+def _newest_session(folder: Path) -> str | None:
+    prefix, suffix = TuneController.CKPT_FILE_TMPL.split("{}")
+    sessions = [p.name.removeprefix(prefix).removesuffix(suffix) for p in folder.glob(prefix + "*" + suffix)]
+    return max(sessions, default=None)
+
+
+def _session_files(folder: Path, session: str | None) -> Sequence[Path]:
+    if session is None:
+        return []
+    return [folder / t.format(session) for t in SNAPSHOT_FILES if (folder / t.format(session)).is_file()]

@@ -23,7 +23,6 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from orchestrator.kept_snapshots import restore_kept_snapshot
 from orchestrator.layout import SweepDirError, SweepLayout, SweepRecord
 from orchestrator.mlflow_runs import child_runs, ensure_experiment, finish_parent_run, open_parent_run, tracking_client
 from orchestrator.progress import ConsoleProgress
@@ -32,7 +31,7 @@ from orchestrator.results import CONFIG_PREFIX, SweepResults, collect_results
 from orchestrator.schedulers import build_scheduler
 from orchestrator.searchers import METRIC, MODE, build_searcher
 from orchestrator.selection.pictures import SelectionPictures
-from orchestrator.snapshots import SchedulerSnapshot, snapshot_each_change
+from orchestrator.snapshots import SchedulerSnapshot, restore_kept_snapshot, snapshot_each_change
 from orchestrator.spec import SweepSpec
 from orchestrator.storage import TrialStorage, check_shared
 from orchestrator.sweep_artifacts import log_sweep_artifacts

@@ -11,14 +11,14 @@ import pytest
 from ray.tune.execution.tune_controller import TuneController
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from orchestrator.kept_snapshots import (
+from orchestrator.snapshots import (
     KEPT_DIR,
     SNAPSHOT_FILES,
+    SchedulerSnapshot,
     keep_snapshot,
     newest_snapshot_files,
     restore_kept_snapshot,
 )
-from orchestrator.snapshots import SchedulerSnapshot
 from orchestrator.spec import parse_spec
 from orchestrator.sweep import run_sweep
 from tests.conftest import tiny_spec
