@@ -141,18 +141,18 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
     return Sweep(record, layout, client, children, drawn)
 
 
-def _noting(drawn: list[Drawn]) -> Callable[[plt.Figure, Path], Path]:
+def _noting(drawn: list[Drawn]) -> Callable[..., Path]:
     """``plots._save`` that first notes what the figure shows in ``drawn``."""
     save = plots._save
 
-    def note_and_save(fig: plt.Figure, path: Path) -> Path:
+    def note_and_save(fig: plt.Figure, path: Path, **options: Any) -> Path:
         ax = fig.axes[0]
         legend = ax.get_legend()
         drawn.append(
             Drawn(path.name, ax.get_title(), [(str(line.get_marker()), len(line.get_xdata())) for line in ax.lines],
                   [t.get_text() for t in legend.get_texts()] if legend else [], len(ax.containers))
         )  # fmt: skip
-        return save(fig, path)
+        return save(fig, path, **options)
 
     return note_and_save
 
