@@ -17,7 +17,9 @@ side; Tune then fails to restore and, rather than stop, starts the experiment
 over with no trials and a searcher that has already drawn them all. So each
 snapshot is also copied whole into a folder of its own, then pointed to (one
 atomic rename), and ``restore_kept_snapshot`` puts the set pointed to back in
-place before Tune restores. Local trial storage only: on a bucket every object
+place before Tune restores. The Tuner's own file (``tuner.pkl``, written once
+when the sweep starts) is copied back by a resumed driver's snapshots too, so a
+whole copy of it is kept beside the sets. Local trial storage only: on a bucket every object
 appears whole. See ``docs/resume.md``.
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -39,6 +42,7 @@ from ray.train._internal.storage import StorageContext
 from ray.tune import Callback
 from ray.tune.callback import CallbackList
 from ray.tune.execution.tune_controller import TuneController
+from ray.tune.impl.tuner_internal import _TUNER_PKL
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher, SearchGenerator
 
@@ -48,6 +52,7 @@ SNAPSHOT_FILES = (
 )  # fmt: skip
 KEPT_DIR = ".effsweep-snapshots"
 POINTER = "current"
+TUNER_FILE = _TUNER_PKL  # the Tuner's settings: written when a sweep starts, the same bytes for its whole life
 REPLACED = "replaced-"  # Tune's own files, moved aside by a restore
 
 
@@ -149,7 +154,30 @@ class SnapshotKeeper:
         staging = Path(storage.experiment_driver_staging_path)
         if staging != self._staging or not self._files:
             self._staging, self._files = staging, newest_snapshot_files(staging)
-        keep_snapshot(self._files, Path(storage.experiment_fs_path), next(self._kept))
+        experiment = Path(storage.experiment_fs_path)
+        keep_snapshot(self._files, experiment, next(self._kept))
+        keep_tuner_file(staging, experiment)
+
+
+def keep_tuner_file(staging: Path, experiment: Path) -> None:
+    """Keep a whole copy of the Tuner's file beside the experiment, once.
+
+    A resumed driver's Tune copies the file into its staging folder, and each of its snapshots copies it back
+    in place: the staging copy is the one a kill cannot be cutting short. A new sweep's is written into the
+    experiment folder alone, whole before the first snapshot.
+    """
+    kept = experiment / KEPT_DIR / TUNER_FILE
+    if kept.is_file():
+        return
+    source = staging / TUNER_FILE if (staging / TUNER_FILE).is_file() else experiment / TUNER_FILE
+    if source.is_file():
+        _copy_atomically(source, kept)
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    partial = target.with_name(f".{target.name}.{os.getpid()}")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
 
 
 def newest_snapshot_files(staging: Path) -> Sequence[Path]:
@@ -175,21 +203,45 @@ def keep_snapshot(files: Sequence[Path], experiment: Path, number: int) -> None:
 
 
 def restore_kept_snapshot(experiment: Path) -> list[Path]:
-    """Put the kept snapshot in place of Tune's own files (moved, never deleted, into the kept folder); the
-    files moved aside. Nothing happens where no snapshot was kept."""
+    """Put the kept snapshot and Tuner file in place of Tune's own files (moved, never deleted, into the kept
+    folder); the files moved aside.
+
+    Where nothing was kept, nothing happens, except that a Tuner file which does not load, beside no
+    snapshot of Tune's, is moved aside: its driver was killed while Tune wrote it, before any trial ran,
+    and the sweep starts afresh.
+    """
     kept = experiment / KEPT_DIR
     folder = _pointed(kept)
-    if folder is None or not folder.is_dir():
+    copies = sorted(folder.iterdir()) if folder is not None and folder.is_dir() else []
+    replaced = _snapshot_files(experiment) if copies else []
+    tuner = experiment / TUNER_FILE
+    if (kept / TUNER_FILE).is_file():
+        copies.append(kept / TUNER_FILE)
+        replaced += [tuner] if tuner.is_file() else []
+    elif not copies and not _snapshot_files(experiment) and _cut_short(tuner):
+        replaced.append(tuner)
+    if not copies and not replaced:
         return []
     aside = kept / f"{REPLACED}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    aside.mkdir()
+    aside.mkdir(parents=True)
     moved = []
-    for path in _snapshot_files(experiment):
+    for path in replaced:
         moved.append(aside / path.name)
         path.rename(moved[-1])
-    for path in folder.iterdir():
+    for path in copies:
         shutil.copyfile(path, experiment / path.name)
     return moved
+
+
+def _cut_short(tuner_file: Path) -> bool:
+    """Whether ``tuner_file`` is there but does not load (a driver killed while Tune wrote it)."""
+    if not tuner_file.is_file():
+        return False
+    try:
+        pickle.loads(tuner_file.read_bytes())
+    except Exception:  # a file cut anywhere fails in many ways: EOF, a bad opcode, a truncated object
+        return True
+    return False
 
 
 def _pointed(kept: Path) -> Path | None:

@@ -14,8 +14,10 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from orchestrator.snapshots import (
     KEPT_DIR,
     SNAPSHOT_FILES,
+    TUNER_FILE,
     SchedulerSnapshot,
     keep_snapshot,
+    keep_tuner_file,
     newest_snapshot_files,
     restore_kept_snapshot,
 )
@@ -65,6 +67,8 @@ def test_a_torn_tune_snapshot_gives_way_to_the_kept_one_and_the_sweep_resumes_wh
     # from it, Tune would start the experiment over with no trials and a searcher that has drawn them all.
     torn = max(experiment.glob("searcher-state-*.pkl"))
     torn.write_bytes(torn.read_bytes()[: torn.stat().st_size // 2])
+    # A resumed driver's snapshots copy the Tuner's file back too; cut to nothing, Tune cannot restore at all.
+    (experiment / TUNER_FILE).write_bytes(b"")
     shutil.rmtree(first.layout.results_dir)
 
     again = run_sweep(parse_spec(raw))
@@ -73,6 +77,8 @@ def test_a_torn_tune_snapshot_gives_way_to_the_kept_one_and_the_sweep_resumes_wh
     assert (first.layout.results_dir / "trials.parquet").is_file()
     # Tune's own files are kept aside, not deleted.
     assert [p.name for p in experiment.glob(f"{KEPT_DIR}/replaced-*/searcher-state-*.pkl")] == [torn.name]
+    assert [p.stat().st_size for p in experiment.glob(f"{KEPT_DIR}/replaced-*/{TUNER_FILE}")] == [0]
+    assert (experiment / TUNER_FILE).read_bytes() == (experiment / KEPT_DIR / TUNER_FILE).read_bytes() != b""
 
 
 def _count_calls(monkeypatch: pytest.MonkeyPatch, method: str) -> list[None]:
@@ -107,3 +113,36 @@ def test_a_kept_snapshot_is_the_newest_sessions_whole_set(tmp_path: Path) -> Non
     moved = restore_kept_snapshot(experiment)
     assert [p.read_text() for p in moved] == ["torn"]
     assert sorted(p.name for p in experiment.iterdir() if p.is_file()) == sorted(p.name for p in folder.iterdir())
+
+
+def test_the_kept_tuner_file_is_the_staged_one_and_replaces_a_torn_one(tmp_path: Path) -> None:
+    staging, experiment = tmp_path / "staging", tmp_path / "experiment"
+    (experiment / KEPT_DIR).mkdir(parents=True)
+    staging.mkdir()
+    whole = pickle.dumps({"settings": list(range(100))})
+    (staging / TUNER_FILE).write_bytes(whole)  # a resumed driver's, downloaded before its snapshots began
+    (experiment / TUNER_FILE).write_bytes(whole[:10])  # its snapshot's copy back, cut short
+    keep_tuner_file(staging, experiment)
+    (staging / TUNER_FILE).write_bytes(b"later")
+    keep_tuner_file(staging, experiment)  # kept once: the file never changes in a sweep's life
+    moved = restore_kept_snapshot(experiment)
+    assert [p.read_bytes() for p in moved] == [whole[:10]]
+    assert (experiment / TUNER_FILE).read_bytes() == whole
+
+
+@pytest.mark.parametrize("tune_snapshot", [False, True])
+def test_a_tuner_file_cut_short_before_any_snapshot_is_moved_aside(tmp_path: Path, tune_snapshot: bool) -> None:
+    experiment = tmp_path / "experiment"
+    experiment.mkdir()
+    (experiment / TUNER_FILE).write_bytes(pickle.dumps({"settings": 1})[:5])  # killed while Tune made the Tuner
+    if tune_snapshot:  # Tune had snapshotted: trials may have run, so its files stay for Tune to judge
+        (experiment / SNAPSHOT_FILES[0].format("2026-01-01_00-00-00")).write_text("{}")
+    moved = restore_kept_snapshot(experiment)
+    assert (experiment / TUNER_FILE).is_file() is tune_snapshot
+    assert [p.name for p in moved] == ([] if tune_snapshot else [TUNER_FILE])
+
+
+def test_a_whole_tuner_file_with_nothing_kept_is_left_alone(tmp_path: Path) -> None:
+    (tmp_path / TUNER_FILE).write_bytes(pickle.dumps({"settings": 1}))
+    assert restore_kept_snapshot(tmp_path) == []
+    assert not (tmp_path / KEPT_DIR).exists()
