@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,9 @@ def run(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
     """The real CLI in a fresh process, to the end."""
     done = subprocess.run([*EFFSWEEP, *args, "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
-        raise RuntimeError(f"effsweep {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+        raise RuntimeError(
+            f"effsweep {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+        )
     return done
 
 
@@ -266,13 +269,13 @@ def main() -> None:
         "--at", type=_moments, default=None,
         help=f"kill one sweep at these named moments in turn, comma-separated ({', '.join(NAMED_MOMENTS)})",
     )  # fmt: skip
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the sweeps here (default: a temporary folder)")
     add_smoke_flag(parser)
     args = parser.parse_args()
     if args.smoke:
         args.at = list(NAMED_MOMENTS)
     rng = random.Random(args.seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+    with _workdir(args.workdir) as root:
         os.environ.setdefault("EFFSWEEP_CACHE_DIR", str(root / "cache"))
         spec = write_spec(root, "crash", args.scheduler, args.trials)
         started = time.monotonic()
@@ -301,6 +304,17 @@ def main() -> None:
             }
         )
     )
+
+
+@contextmanager
+def _workdir(kept: Path | None) -> Iterator[Path]:
+    """``kept`` (made, never emptied: a failed sweep stays there to be read), else a temporary folder."""
+    if kept is not None:
+        kept.mkdir(parents=True, exist_ok=True)
+        yield kept.resolve()
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp)
 
 
 if __name__ == "__main__":

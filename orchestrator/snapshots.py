@@ -25,9 +25,9 @@ appears whole. See ``docs/resume.md``.
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import os
-import pickle
 import shutil
 import tempfile
 import time
@@ -204,23 +204,15 @@ def keep_snapshot(files: Sequence[Path], experiment: Path, number: int) -> None:
 
 def restore_kept_snapshot(experiment: Path) -> list[Path]:
     """Put the kept snapshot and Tuner file in place of Tune's own files (moved, never deleted, into the kept
-    folder); the files moved aside.
-
-    Where nothing was kept, nothing happens, except that a Tuner file which does not load, beside no
-    snapshot of Tune's, is moved aside: its driver was killed while Tune wrote it, before any trial ran,
-    and the sweep starts afresh.
-    """
+    folder); the files moved aside. Nothing happens where nothing was kept."""
     kept = experiment / KEPT_DIR
     folder = _pointed(kept)
     copies = sorted(folder.iterdir()) if folder is not None and folder.is_dir() else []
     replaced = _snapshot_files(experiment) if copies else []
-    tuner = experiment / TUNER_FILE
     if (kept / TUNER_FILE).is_file():
         copies.append(kept / TUNER_FILE)
-        replaced += [tuner] if tuner.is_file() else []
-    elif not copies and not _snapshot_files(experiment) and _cut_short(tuner):
-        replaced.append(tuner)
-    if not copies and not replaced:
+        replaced += [p for p in [experiment / TUNER_FILE] if p.is_file()]
+    if not copies:
         return []
     aside = kept / f"{REPLACED}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     aside.mkdir(parents=True)
@@ -233,15 +225,18 @@ def restore_kept_snapshot(experiment: Path) -> list[Path]:
     return moved
 
 
-def _cut_short(tuner_file: Path) -> bool:
-    """Whether ``tuner_file`` is there but does not load (a driver killed while Tune wrote it)."""
-    if not tuner_file.is_file():
-        return False
-    try:
-        pickle.loads(tuner_file.read_bytes())
-    except Exception:  # a file cut anywhere fails in many ways: EOF, a bad opcode, a truncated object
-        return True
-    return False
+def has_tune_snapshot(experiment: str, filesystem: pyarrow.fs.FileSystem | None = None) -> bool:
+    """Whether Tune has snapshotted the experiment at ``experiment`` (on ``filesystem``, else local) at least once.
+
+    Tune writes its Tuner's file when a sweep starts, and its first snapshot at the end of the turn that adds
+    the first trial. Restoring a driver killed between the two, Tune finds no snapshot and starts an
+    experiment of its own without the spec's fixed settings (it does not keep them), and every trial fails;
+    with nothing to restore, the sweep starts afresh instead.
+    """
+    selector = pyarrow.fs.FileSelector(experiment, allow_not_found=True)
+    listed = (filesystem or pyarrow.fs.LocalFileSystem()).get_file_info(selector)
+    pattern = TuneController.CKPT_FILE_TMPL.format("*")
+    return any(fnmatch.fnmatch(Path(info.path).name, pattern) for info in listed)
 
 
 def _pointed(kept: Path) -> Path | None:

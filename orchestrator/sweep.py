@@ -31,7 +31,7 @@ from orchestrator.results import CONFIG_PREFIX, SweepResults, collect_results
 from orchestrator.schedulers import build_scheduler
 from orchestrator.searchers import METRIC, MODE, build_searcher
 from orchestrator.selection.pictures import SelectionPictures
-from orchestrator.snapshots import SchedulerSnapshot, restore_kept_snapshot, snapshot_each_change
+from orchestrator.snapshots import SchedulerSnapshot, has_tune_snapshot, restore_kept_snapshot, snapshot_each_change
 from orchestrator.spec import SweepSpec
 from orchestrator.storage import TrialStorage, check_shared
 from orchestrator.sweep_artifacts import log_sweep_artifacts
@@ -242,13 +242,15 @@ def _trainable(spec: SweepSpec, storage: TrialStorage, data: SweepData, hooks: S
 def _tuner(
     spec: SweepSpec, layout: SweepLayout, storage: TrialStorage, data: SweepData, hooks: Sequence[SweepHooks]
 ) -> tune.Tuner:
-    """A new Tuner, or the sweep's own restored where its directory holds one (with its searcher, scheduler
+    """A new Tuner, or the sweep's own restored where Tune has snapshotted it (with its searcher, scheduler
     and callbacks as they stood at the last snapshot: ``orchestrator.snapshots``)."""
     trainable = _trainable(spec, storage, data, hooks)
     experiment = storage.joined(spec.name)
     if storage.is_local:
         restore_kept_snapshot(Path(experiment))
-    if tune.Tuner.can_restore(experiment, storage_filesystem=storage.filesystem):
+    if has_tune_snapshot(experiment, storage.filesystem) and tune.Tuner.can_restore(
+        experiment, storage_filesystem=storage.filesystem
+    ):
         return tune.Tuner.restore(
             experiment, trainable, resume_unfinished=True, resume_errored=True,
             storage_filesystem=storage.filesystem,

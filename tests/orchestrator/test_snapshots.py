@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ray import tune
 from ray.tune.execution.tune_controller import TuneController
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -16,6 +17,7 @@ from orchestrator.snapshots import (
     SNAPSHOT_FILES,
     TUNER_FILE,
     SchedulerSnapshot,
+    has_tune_snapshot,
     keep_snapshot,
     keep_tuner_file,
     newest_snapshot_files,
@@ -130,16 +132,24 @@ def test_the_kept_tuner_file_is_the_staged_one_and_replaces_a_torn_one(tmp_path:
     assert (experiment / TUNER_FILE).read_bytes() == whole
 
 
-@pytest.mark.parametrize("tune_snapshot", [False, True])
-def test_a_tuner_file_cut_short_before_any_snapshot_is_moved_aside(tmp_path: Path, tune_snapshot: bool) -> None:
-    experiment = tmp_path / "experiment"
-    experiment.mkdir()
-    (experiment / TUNER_FILE).write_bytes(pickle.dumps({"settings": 1})[:5])  # killed while Tune made the Tuner
-    if tune_snapshot:  # Tune had snapshotted: trials may have run, so its files stay for Tune to judge
-        (experiment / SNAPSHOT_FILES[0].format("2026-01-01_00-00-00")).write_text("{}")
-    moved = restore_kept_snapshot(experiment)
-    assert (experiment / TUNER_FILE).is_file() is tune_snapshot
-    assert [p.name for p in moved] == ([] if tune_snapshot else [TUNER_FILE])
+def test_a_sweep_killed_before_tunes_first_snapshot_starts_afresh_and_runs_every_trial(
+    local_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = tiny_spec(name="early", output_dir=str(tmp_path / "early"), trials=2)
+
+    def killed(self: tune.Tuner) -> None:  # the driver dies once Tune has written its Tuner, before any turn
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(tune.Tuner, "fit", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(parse_spec(raw))
+    experiment = tmp_path / "early" / "tune" / "early"
+    assert (experiment / TUNER_FILE).is_file() and not has_tune_snapshot(str(experiment))
+
+    outcome = run_sweep(parse_spec(raw))
+    assert list(outcome.results.trials["status"]) == ["completed", "completed"]
+    assert has_tune_snapshot(str(experiment))
 
 
 def test_a_whole_tuner_file_with_nothing_kept_is_left_alone(tmp_path: Path) -> None:
