@@ -24,20 +24,21 @@ over the latter; ``selection_identical`` says the CPU's order and distances equa
 
 Data: gensim's ``head500.noblanks`` (250 stemmed Wikipedia articles, 2.3 MB), present without network.
 Run: ``.venv/bin/python benchmarks/gpu.py`` (under 5 minutes on one H200); without CUDA it prints
-``{"skipped": "no CUDA"}``. ``--device cpu`` runs it on the CPU, ``--smoke`` at tiny sizes. The last
-line printed is one JSON object. See docs/benchmarks.md.
+``{"skipped": "no CUDA"}``. ``--device cpu`` runs it on the CPU, ``--smoke`` at tiny sizes, ``--corpus
+PATH`` on a copy of the corpus file where gensim is not installed. The last line printed is one JSON
+object. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import itertools
 import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -56,7 +57,7 @@ from trainables.selection.orderings import uniform_order
 from trainables.throughput import device_name, peak_flops
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Sizes:
     """What each part runs; the keys keep the full run's names at any sizes."""
 
@@ -256,12 +257,19 @@ def selection(sizes: Sizes, device: str) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="where to train and order")
+    parser.add_argument(
+        "--corpus",
+        help="the text to train on, as a corpus file's path or gensim:<name> (default: the run's own, "
+        f"{FULL.corpus} or {SMOKE.corpus} with --smoke); for a machine without gensim, a copy of that file",
+    )
     add_smoke_flag(parser)
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print(json.dumps({"skipped": "no CUDA"}))
         return
     sizes = SMOKE if args.smoke else FULL
+    if args.corpus:
+        sizes = dataclasses.replace(sizes, corpus=args.corpus)
     started = time.perf_counter()
     result: dict[str, Any] = {"device": device_name(args.device), "torch": torch.__version__}
     result |= training(sizes, args.device)
