@@ -19,13 +19,15 @@ where the peak is unknown; ``peak_memory_gb`` is ``torch.cuda.max_memory_allocat
 less the same excess of ``bf16_fused``; ``patch_k4_ratio`` is tokens read per second in the patch
 phase over ``bf16_fused``'s (ideally 4: a patch step reads K times the tokens for the same work),
 ``patch_k4_step_ratio`` the ratio of step times; ``selection_gpu_s`` times k = 100k,
-``selection_gpu_s_at_cpu_k`` the same run up to the CPU's k, ``selection_speedup`` the CPU's time
-over the latter; ``selection_identical`` says the CPU's order and distances equal the GPU's prefix.
+``selection_gpu_s_at_cpu_k`` the same run up to the CPU's k, ``selection_passes`` its passes (each
+certifies up to 1,024 picks), ``selection_speedup`` the CPU's time over the latter;
+``selection_identical`` says the CPU's order and distances equal the GPU's prefix.
 
 Data: gensim's ``head500.noblanks`` (250 stemmed Wikipedia articles, 2.3 MB), present without network.
-Run: ``.venv/bin/python benchmarks/gpu.py`` (under 5 minutes on one H200); without CUDA it prints
+Run: ``.venv/bin/python benchmarks/gpu.py`` (about 2 minutes on one H200); without CUDA it prints
 ``{"skipped": "no CUDA"}``. ``--device cpu`` runs it on the CPU, ``--smoke`` at tiny sizes, ``--corpus
-PATH`` on a copy of the corpus file where gensim is not installed. The last line printed is one JSON
+PATH`` on a copy of the corpus file where gensim is not installed; ``--only-selection --vectors N
+--cpu-k K`` times the uniform order alone, at other sizes. The last line printed is one JSON
 object. See docs/benchmarks.md.
 """
 
@@ -246,6 +248,7 @@ def selection(sizes: Sizes, device: str) -> dict[str, Any]:
         "selection_tf32_in_force": tf32_in_force,
         "selection_gpu_s": device_s,
         "selection_gpu_s_at_cpu_k": device_s_at_cpu_k,
+        "selection_passes": len(passes),
         "selection_cpu_k": sizes.cpu_k,
         "selection_cpu_s": cpu_s,
         "selection_cpu_threads": torch.get_num_threads(),
@@ -262,17 +265,21 @@ def main() -> None:
         help="the text to train on, as a corpus file's path or gensim:<name> (default: the run's own, "
         f"{FULL.corpus} or {SMOKE.corpus} with --smoke); for a machine without gensim, a copy of that file",
     )
+    parser.add_argument("--vectors", type=int, help="rows of the set the uniform order runs on (default 1M)")
+    parser.add_argument("--cpu-k", type=int, help="picks of the CPU's order (default 25k)")
+    parser.add_argument("--only-selection", action="store_true", help="leave out the training runs")
     add_smoke_flag(parser)
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print(json.dumps({"skipped": "no CUDA"}))
         return
     sizes = SMOKE if args.smoke else FULL
-    if args.corpus:
-        sizes = dataclasses.replace(sizes, corpus=args.corpus)
+    given = {"corpus": args.corpus, "vectors": args.vectors, "cpu_k": args.cpu_k}
+    sizes = dataclasses.replace(sizes, **{name: value for name, value in given.items() if value is not None})
     started = time.perf_counter()
     result: dict[str, Any] = {"device": device_name(args.device), "torch": torch.__version__}
-    result |= training(sizes, args.device)
+    if not args.only_selection:
+        result |= training(sizes, args.device)
     result |= selection(sizes, args.device)
     result["wall_s"] = time.perf_counter() - started
     print(json.dumps(result))

@@ -114,8 +114,8 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], set[str]]] = {
         "batch_size", "tokens_per_s", "mfu", "step_s", "peak_memory_gb", "speedup_vs_fp32", "compile_s",
         "patch_k4_ratio", "patch_k4_step_ratio", "variants", "selection_vectors", "selection_dim", "selection_k",
         "selection_device", "selection_tf32_in_force", "selection_gpu_s", "selection_gpu_s_at_cpu_k",
-        "selection_cpu_k", "selection_cpu_s", "selection_cpu_threads", "selection_speedup", "selection_identical",
-        "wall_s",
+        "selection_passes", "selection_cpu_k", "selection_cpu_s", "selection_cpu_threads", "selection_speedup",
+        "selection_identical", "wall_s",
     }),
 }  # fmt: skip
 
