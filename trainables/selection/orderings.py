@@ -55,6 +55,10 @@ QUANT_BITS = 24
 _SCALE = 2.0 ** (2 * QUANT_BITS)  # squared distances are held in units of 2^-48
 _U32 = 2.0**-24  # float32 unit roundoff
 _PICKED = -1.0  # distance given to picked points, below any real one, so duplicates are never picked twice
+# (point, pick) products per chunk of the lower bounds' GEMM. On a CPU a chunk's products stay in cache
+# (4 MB). On a GPU every chunk costs kernel launches and a wait for the host (``nonzero``): chunks of 256 MB
+# of products make that wait rare (docs/benchmarks.md, "Trials on one GPU").
+_CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
 
 STRATEGIES = ("full", "random", "uniform")
 
@@ -230,9 +234,7 @@ class _LowerBounds:
         self._a_active = self._a
         self._since_compaction = 0
 
-    def candidates(
-        self, mind: torch.Tensor, new: torch.Tensor, elements: int = 1 << 20
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def candidates(self, mind: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(point, pick) index pairs that need a closer look; ``new`` indexes the latest picks."""
         self._since_compaction += len(new)
         if self._since_compaction > 0.1 * len(self._active):
@@ -245,7 +247,7 @@ class _LowerBounds:
         zc = self._z[new]
         b = torch.cat([2 * zc, -(zc * zc).sum(1, keepdim=True), torch.ones_like(zc[:, :1])], dim=1)
         b = b.to(torch.float32).T.contiguous()
-        chunk = max(256, elements // len(new))
+        chunk = max(256, _CHUNK_ELEMENTS.get(a.device.type, _CHUNK_ELEMENTS["cpu"]) // len(new))
         empty = torch.zeros(0, dtype=torch.long, device=a.device)
         found_rows, found_cols = [empty], [empty]
         for begin in range(0, len(a), chunk):

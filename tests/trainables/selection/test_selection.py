@@ -19,6 +19,7 @@ from trainables.config import SelectionConfig
 from trainables.data import prepare as data_module
 from trainables.data.corpus import gensim_corpus_dir, read_documents, resolve_corpus
 from trainables.data.prepare import SelectionPlan, SweepData, cached_uniform_order, prepare_sweep_data
+from trainables.selection import orderings
 from trainables.selection.embeddings import EmbeddingConfig, document_embeddings, words
 from trainables.selection.orderings import (
     SelectionOrder,
@@ -59,6 +60,19 @@ def test_fast_order_equals_the_plain_loop(points: np.ndarray, share: float, batc
 def test_prefixes_nest(points: np.ndarray, k1: int, k2: int) -> None:
     short, long_ = sorted((min(k1, len(points)), min(k2, len(points))))
     np.testing.assert_array_equal(uniform_order(points, short)[0], uniform_order(points, long_)[0][:short])
+
+
+@pytest.mark.parametrize("elements", [1, 1 << 40])
+def test_the_order_is_the_same_whatever_the_chunks_of_the_bounds_gemm(
+    monkeypatch: pytest.MonkeyPatch, elements: int
+) -> None:
+    """Chunks of 256 rows (12 of them) or one chunk, as on a GPU: the candidates, and so the order, are the same."""
+    points = np.random.default_rng(1).normal(size=(3000, 10))
+    monkeypatch.setitem(orderings._CHUNK_ELEMENTS, "cpu", elements)
+    fast, fast_dist = uniform_order(points, 1500, batch=64, directions=4, device="cpu")
+    plain, plain_dist = reference_uniform_order(points, 1500)
+    np.testing.assert_array_equal(fast, plain)
+    np.testing.assert_array_equal(fast_dist, plain_dist)
 
 
 def test_every_document_is_picked_once_even_among_duplicates() -> None:
