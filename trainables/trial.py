@@ -15,11 +15,12 @@ import ray.train
 import torch
 from ray import tune
 from ray.train.torch import TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
+from ray.util.queue import Queue
 
 from trainables.config import TrialConfig
 from trainables.data.prepare import SweepData
 from trainables.loop import train_lm
+from trainables.report_relay import ReportsToQueue, fit_and_relay
 from trainables.train_worker import load_run, quiet_checkpoints, report_run, train_worker
 
 
@@ -64,10 +65,12 @@ def lm_trial_distributed(
     The driver itself holds no resources; the trainer reserves its workers
     together. ``data`` is a one-element list so that the sweep's data stays a
     reference until each worker fetches it from the object store. The
-    trainer's reports reach Tune through ``TuneReportCallback``, rank 0's
+    trainer's reports reach Tune through ``trainables.report_relay``, rank 0's
     (every worker reports the same numbers).
     """
     trial_id = tune.get_context().get_trial_id()
+    # One slot: the run waits for Tune to take each report, as with Ray's own callback.
+    reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"config": config, "data": data, "cpus": cpus},
@@ -80,7 +83,7 @@ def lm_trial_distributed(
             name=f"train-{trial_id}",
             storage_path=storage,
             storage_filesystem=filesystem,
-            callbacks=[TuneReportCallback()],
+            callbacks=[ReportsToQueue(reports)],
         ),
     )
-    trainer.fit()
+    fit_and_relay(trainer.fit, reports, tune.report)
