@@ -32,34 +32,28 @@ class _SlowResults(tune.Callback):
         time.sleep(3)
 
 
-def _two_worker_trials(data: SweepData, root: Path, **tuner: Any) -> tune.ResultGrid:
-    """``tune.Tuner(...).fit()`` of two-worker trials of ``CONFIG``, waiting at most 15 minutes for it."""
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            lm_trial_distributed, data=[ray.put(data)], workers=2, cpus=1, gpus=0, storage=str(root / "train")
-        ),
-        {"memory": 256 * 2**20},  # as a sweep's driver asks: the trainer reserves the workers' CPUs
-    )
-    grids: list[tune.ResultGrid] = []
-    fitting = threading.Thread(
-        target=lambda: grids.append(tune.Tuner(trainable, param_space=CONFIG, **tuner).fit()), daemon=True
-    )
-    fitting.start()
-    fitting.join(timeout=900)  # a trial takes under a minute; a hang never ends
-    assert not fitting.is_alive(), "the trials did not end"
-    return grids[0]
-
-
 def test_a_two_worker_trial_ends_with_every_report_when_tune_takes_them_slowly(
     local_ray: None, lee32: SweepData, tmp_path: Path
 ) -> None:
     alone: list[dict[str, Any]] = []
     train_lm(TrialConfig.from_flat(CONFIG), lee32, alone.append)
-    grid = _two_worker_trials(
-        lee32, tmp_path,
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            lm_trial_distributed, data=[ray.put(lee32)], workers=2, cpus=1, gpus=0, storage=str(tmp_path / "train")
+        ),
+        {"memory": 256 * 2**20},  # as a sweep's driver asks: the trainer reserves the workers' CPUs
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=CONFIG,
         run_config=tune.RunConfig(name="slow", storage_path=str(tmp_path), callbacks=[_SlowResults()], verbose=0),
-    )  # fmt: skip
-    result = grid[0]
+    )
+    grids: list[tune.ResultGrid] = []
+    fitting = threading.Thread(target=lambda: grids.append(tuner.fit()), daemon=True)
+    fitting.start()
+    fitting.join(timeout=900)  # the trial takes under a minute; a hang never ends
+    assert not fitting.is_alive(), "the trial did not end after its last report"
+    result = grids[0][0]
     assert result.error is None
     reports = result.metrics_dataframe
     assert reports["step"].tolist() == [report["step"] for report in alone]
